@@ -1,0 +1,43 @@
+"""Where Driftline keeps its state, and how each URL is overridden.
+
+Everything local lives under one folder, ``DRIFTLINE_HOME`` (default ``.driftline/`` in the
+checkout). Each URL has its own env var so the same code runs on PostgreSQL and a tracking server.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    store_url: str
+    tracking_uri: str
+    registry_uri: str
+    artifact_root: Path
+    models_dir: Path
+    reports_dir: Path
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment now (tests change it between cases)."""
+    home = Path(os.environ.get("DRIFTLINE_HOME", PROJECT_ROOT / ".driftline")).resolve()
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    return Settings(
+        home=home,
+        store_url=os.environ.get("DRIFTLINE_STORE_URL") or f"sqlite:///{home / 'store.db'}",
+        tracking_uri=tracking_uri,
+        registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri,
+        artifact_root=Path(os.environ.get("DRIFTLINE_ARTIFACT_ROOT", home / "mlartifacts")).resolve(),
+        models_dir=Path(os.environ.get("DRIFTLINE_MODELS_DIR", PROJECT_ROOT / "models")).resolve(),
+        reports_dir=home / "reports",
+    )
