@@ -1,0 +1,328 @@
+"""Per-feature data drift between a reference window and a current window, computed by Evidently.
+
+One :class:`~evidently.metrics.ValueDrift` per column inside a single ``Report`` (not the whole
+``DataDriftPreset``, which computes every column three times). Whether a column drifted is
+Evidently's own verdict, read back from the report, never re-derived here. The HTML report is
+rendered only when a path is given.
+
+``import evidently`` takes seconds and ~300 MB, so it happens inside :func:`compute_drift`: importing
+this module (e.g. while Airflow parses a DAG) stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml.config import FeatureSpec
+
+KINDS = ("numerical", "categorical")
+
+
+class DriftInputError(ValueError):
+    """Data that drift cannot be computed on; the message names the column and the problem."""
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    name: str
+    kind: str  # "numerical" | "categorical"
+    method: str  # Evidently method id actually used, e.g. "wasserstein", "ks"
+    threshold: float  # threshold actually used
+    score: float  # Evidently's value: a p-value or a distance, depending on the method
+    drifted: bool  # Evidently's verdict
+
+    @property
+    def margin(self) -> float:
+        """How far past the threshold, as |log(score / threshold)|: comparable across p-value
+        methods (score below threshold) and distances (score above). 0 when not drifted."""
+        if not self.drifted:
+            return 0.0
+        if self.score <= 0 or self.threshold <= 0:
+            return math.inf
+        if math.isnan(self.score):
+            return 0.0
+        return abs(math.log(self.score / self.threshold))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "method": self.method,
+            "threshold": float(self.threshold),
+            # NaN is not valid JSON; None stands for it.
+            "score": float(self.score) if math.isfinite(self.score) else None,
+            "drifted": bool(self.drifted),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureDrift:
+        score = data["score"]
+        return cls(
+            name=str(data["name"]),
+            kind=str(data["kind"]),
+            method=str(data["method"]),
+            threshold=float(data["threshold"]),
+            score=math.nan if score is None else float(score),
+            drifted=bool(data["drifted"]),
+        )
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    features: tuple[FeatureDrift, ...]
+    drift_share: float  # drifted features / all features
+    n_reference: int
+    n_current: int
+    prediction: FeatureDrift | None = None
+    report_path: str | None = None
+
+    def __getitem__(self, name: str) -> FeatureDrift:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(name)
+
+    @property
+    def drifted_features(self) -> list[str]:
+        """Names of drifted features, most drifted (furthest past its threshold) first."""
+        drifted = [f for f in self.features if f.drifted]
+        return [f.name for f in sorted(drifted, key=lambda f: -f.margin)]
+
+    def summary(self) -> str:
+        n_all = len(self.features)
+        names = self.drifted_features
+        if names:
+            shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+            line = f"drift share {self.drift_share:.2f} on {len(names)}/{n_all} features: {shown}"
+        else:
+            line = f"no drift (0/{n_all} features)"
+        if self.prediction is not None and self.prediction.drifted:
+            line += f"; prediction '{self.prediction.name}' drifted"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": [f.to_dict() for f in self.features],
+            "drift_share": float(self.drift_share),
+            "n_reference": int(self.n_reference),
+            "n_current": int(self.n_current),
+            "prediction": None if self.prediction is None else self.prediction.to_dict(),
+            "report_path": self.report_path,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DriftResult:
+        prediction = data.get("prediction")
+        return cls(
+            features=tuple(FeatureDrift.from_dict(f) for f in data["features"]),
+            drift_share=float(data["drift_share"]),
+            n_reference=int(data["n_reference"]),
+            n_current=int(data["n_current"]),
+            prediction=None if prediction is None else FeatureDrift.from_dict(prediction),
+            report_path=data.get("report_path"),
+        )
+
+
+def _has_values(series: pd.Series, kind: str) -> bool:
+    # Evidently drops NaN and ±inf before testing, so a column of only those has nothing to test.
+    if kind == "numerical":
+        return bool(np.isfinite(series.to_numpy(dtype=float, na_value=np.nan)).any())
+    return bool(series.notna().any())
+
+
+def _validate(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    columns: dict[str, str],
+) -> None:
+    for label, frame in (("reference", reference), ("current", current)):
+        if not isinstance(frame, pd.DataFrame):
+            raise DriftInputError(f"{label} data must be a pandas DataFrame, got {type(frame).__name__}")
+        if len(frame) == 0:
+            raise DriftInputError(f"{label} data is empty (0 rows)")
+    for label, frame in (("reference", reference), ("current", current)):
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DriftInputError(f"feature column(s) {missing} missing from {label} data")
+    for name, kind in columns.items():
+        for label, frame in (("reference", reference), ("current", current)):
+            series = frame[name]
+            if kind == "numerical" and not pd.api.types.is_numeric_dtype(series):
+                raise DriftInputError(
+                    f"column '{name}' is declared numerical but has dtype {series.dtype} in {label} data"
+                )
+            if not _has_values(series, kind):
+                raise DriftInputError(f"column '{name}' is entirely null in {label} data")
+
+
+def compute_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    features: Sequence[FeatureSpec],
+    *,
+    num_method: str | None = None,
+    cat_method: str | None = None,
+    prediction_column: str | None = None,
+    prediction_kind: str = "numerical",
+    report_path: str | Path | None = None,
+) -> DriftResult:
+    """Drift of each feature (and optionally the prediction) of ``current`` against ``reference``.
+
+    ``num_method`` / ``cat_method`` are Evidently method ids for all numerical / categorical columns
+    (None: Evidently picks by column type and reference size); a feature's own ``drift_method`` /
+    ``drift_threshold`` override them. Raises :class:`DriftInputError` for unusable input.
+    """
+    if not features:
+        raise DriftInputError("no features given")
+    names = [f.name for f in features]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise DriftInputError(f"feature(s) {duplicated} listed more than once")
+    if prediction_kind not in KINDS:
+        raise DriftInputError(f"prediction_kind must be one of {KINDS}, got {prediction_kind!r}")
+    if prediction_column is not None and prediction_column in names:
+        raise DriftInputError(f"prediction column '{prediction_column}' is also listed as a feature")
+
+    columns = {f.name: f.kind for f in features}
+    _validate(reference, current, columns)
+
+    # Prediction drift only when the column is really there on both sides; absent is not an error.
+    predict = (
+        prediction_column is not None
+        and prediction_column in reference.columns
+        and prediction_column in current.columns
+        and reference[prediction_column].notna().any()
+        and current[prediction_column].notna().any()
+    )
+    if predict:
+        _validate(reference, current, {prediction_column: prediction_kind})
+        columns[prediction_column] = prediction_kind
+
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+
+    dataset_method = {"numerical": num_method, "categorical": cat_method}
+    overrides = {f.name: (f.drift_method, f.drift_threshold) for f in features}
+    metrics = []
+    for name, kind in columns.items():
+        method, threshold = overrides.get(name, (None, None))
+        method = method or dataset_method[kind]
+        if method is not None:
+            _check_method(name, kind, method)
+        metrics.append(ValueDrift(column=name, method=method, threshold=threshold))
+
+    # Explicit lists for every column type: Evidently then infers nothing, and numeric-looking
+    # categorical values stay categorical.
+    definition = DataDefinition(
+        numerical_columns=[c for c, k in columns.items() if k == "numerical"],
+        categorical_columns=[c for c, k in columns.items() if k == "categorical"],
+        text_columns=[],
+        datetime_columns=[],
+        unknown_columns=[],
+        list_columns=[],
+    )
+    selected = list(columns)
+    # include_tests=True makes each ValueDrift attach one test whose status is Evidently's
+    # drift_detected (FAIL = drifted); see ValueDriftCalculation.calculate in
+    # evidently/metrics/column_statistics.py. That flag comes from each method's own function in
+    # evidently/legacy/calculations/stattests/*.py, which also fixes the direction (ks: p <= t,
+    # chisquare/z/...: p < t, wasserstein/jensenshannon/psi: d >= t, ed: d > t; "TVD" is a
+    # permutation p-value, p < t). Reading it back keeps us in step with Evidently by construction.
+    # No other metric is in this report.
+    report = Report(metrics, include_tests=True)
+    # New API order: current first, reference second.
+    snapshot = report.run(
+        Dataset.from_pandas(current.loc[:, selected], data_definition=definition),
+        Dataset.from_pandas(reference.loc[:, selected], data_definition=definition),
+    )
+    results = _read_snapshot(snapshot.dict(), columns)
+
+    written: str | None = None
+    if report_path is not None:
+        path = Path(report_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_html(str(path))  # save_html silently ignores a Path object: pass str
+        written = str(path)
+
+    feature_results = tuple(results[n] for n in names)
+    n_drifted = sum(f.drifted for f in feature_results)
+    return DriftResult(
+        features=feature_results,
+        drift_share=n_drifted / len(feature_results),
+        n_reference=len(reference),
+        n_current=len(current),
+        prediction=results[prediction_column] if predict else None,
+        report_path=written,
+    )
+
+
+def _stattest_registry() -> dict[str, dict[Any, Any]]:
+    # Evidently's method registry (id -> {column type -> StatTest}); the new API has no public
+    # equivalent, and ValueDrift looks methods up in this same table.
+    from evidently.legacy.calculations.stattests import registry
+
+    return registry._registered_stat_tests
+
+
+def _check_method(column: str, kind: str, method: str) -> None:
+    """Fail before the (slow) report run if Evidently has no such method for this column type."""
+    tests = _stattest_registry().get(method)
+    if tests is None:
+        raise DriftInputError(
+            f"column '{column}': unknown drift method '{method}'; "
+            f"Evidently knows {sorted(_stattest_registry())}"
+        )
+    allowed = sorted({t.value for t in tests})
+    short = {"numerical": "num", "categorical": "cat"}[kind]
+    if short not in allowed:
+        raise DriftInputError(
+            f"column '{column}': drift method '{method}' does not apply to {kind} columns "
+            f"(it takes {allowed})"
+        )
+
+
+def _method_id(reported: str) -> str:
+    """Evidently reports an auto-chosen method by its display name ("K-S p_value") and an explicit
+    one by its id ("ks"); map both to the id."""
+    registry = _stattest_registry()
+    if reported in registry:
+        return reported
+    for name, tests in registry.items():
+        if any(t.display_name == reported for t in tests.values()):
+            return name
+    return reported
+
+
+def _read_snapshot(data: dict[str, Any], columns: dict[str, str]) -> dict[str, FeatureDrift]:
+    verdicts: dict[str, bool] = {}
+    for test in data.get("tests", []):
+        metric_id = (test.get("metric_config") or {}).get("metric_id")
+        if metric_id is not None and test.get("status") in ("FAIL", "SUCCESS"):
+            verdicts[metric_id] = test["status"] == "FAIL"
+    results: dict[str, FeatureDrift] = {}
+    for metric in data["metrics"]:
+        config = metric.get("config") or {}
+        column = config.get("column")
+        if column not in columns:
+            continue
+        if metric["id"] not in verdicts:
+            raise RuntimeError(f"Evidently reported no drift verdict for column '{column}'")
+        results[column] = FeatureDrift(
+            name=column,
+            kind=columns[column],
+            method=_method_id(str(config["method"])),
+            threshold=float(config["threshold"]),
+            score=float(metric["value"]),
+            drifted=verdicts[metric["id"]],
+        )
+    missing = [c for c in columns if c not in results]
+    if missing:
+        raise RuntimeError(f"Evidently returned no drift value for column(s) {missing}")
+    return results

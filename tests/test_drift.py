@@ -1,0 +1,300 @@
+"""ml.drift against real Evidently (no mocks), on seeded synthetic data.
+
+The Evidently runs are shared through module-scoped fixtures: importing Evidently alone takes
+several seconds, each report well under one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.config import FeatureSpec
+from ml.drift import DriftInputError, DriftResult, FeatureDrift, compute_drift
+
+N = 2000
+NUMERIC = [f"x{i}" for i in range(5)]
+FEATURES = [FeatureSpec(name=c, kind="numerical") for c in NUMERIC] + [
+    FeatureSpec(name="c0", kind="categorical"),
+    # Integers 0..9: numeric-looking, but declared categorical.
+    FeatureSpec(name="c1", kind="categorical"),
+]
+
+
+def make_frame(rng: np.random.Generator, n: int, *, shift: bool = False) -> pd.DataFrame:
+    data = {c: rng.normal(1.0 if shift and c in ("x0", "x1") else 0.0, 1.0, n) for c in NUMERIC}
+    data["c0"] = rng.choice(["a", "b", "c"], n, p=[0.2, 0.3, 0.5] if shift else [0.5, 0.3, 0.2])
+    data["c1"] = rng.integers(0, 10, n)
+    data["score"] = rng.random(n)
+    return pd.DataFrame(data)
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(42)
+    return {
+        "reference": make_frame(rng, N),
+        "same": make_frame(rng, N),
+        "shifted": make_frame(rng, N, shift=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def no_drift(frames) -> DriftResult:
+    return compute_drift(frames["reference"], frames["same"], FEATURES, prediction_column="score")
+
+
+@pytest.fixture(scope="module")
+def shifted(frames) -> DriftResult:
+    # "prediction" is in neither frame: prediction drift must be None, not an error.
+    return compute_drift(frames["reference"], frames["shifted"], FEATURES, prediction_column="prediction")
+
+
+def evidently_drifted_columns(reference: pd.DataFrame, current: pd.DataFrame, num_method: str) -> dict:
+    """Evidently's own per-column verdict through a different metric (DriftedColumnsCount)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import DriftedColumnsCount
+
+    columns = list(reference.columns)
+    definition = DataDefinition(numerical_columns=columns)
+    report = Report([DriftedColumnsCount(columns=[c], num_method=num_method) for c in columns])
+    snapshot = report.run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+    )
+    return {m["config"]["columns"][0]: m["value"]["count"] == 1 for m in snapshot.dict()["metrics"]}
+
+
+# --- drift detection -------------------------------------------------------------------------
+
+
+def test_same_distribution_shows_no_drift(no_drift):
+    assert len(no_drift.features) == len(FEATURES)
+    assert [f.name for f in no_drift.features] == [f.name for f in FEATURES]
+    assert len(no_drift.drifted_features) <= 1
+    assert no_drift.drift_share <= 1 / len(FEATURES)
+    assert (no_drift.n_reference, no_drift.n_current) == (N, N)
+    # Above 1,000 reference rows Evidently defaults to Wasserstein / Jensen-Shannon.
+    assert {f.method for f in no_drift.features if f.kind == "numerical"} == {"wasserstein"}
+
+
+def test_injected_shift_flags_exactly_those_columns(shifted):
+    assert set(shifted.drifted_features) == {"x0", "x1", "c0"}
+    assert shifted.drift_share == pytest.approx(3 / len(FEATURES))
+    assert shifted["x0"].score >= shifted["x0"].threshold
+    assert not shifted["x2"].drifted
+
+
+def test_numeric_looking_categorical_is_treated_as_categorical(shifted):
+    c1 = shifted["c1"]
+    assert c1.kind == "categorical"
+    # A numerical column of 10 distinct values would get "wasserstein" here.
+    assert c1.method == "jensenshannon"
+    assert c1.threshold == pytest.approx(0.1)
+
+
+def test_per_feature_override_and_dataset_method(frames):
+    features = [
+        FeatureSpec(name="x0", kind="numerical", drift_method="psi", drift_threshold=0.1),
+        FeatureSpec(name="x1", kind="numerical", drift_threshold=0.3),  # threshold only
+        FeatureSpec(name="x2", kind="numerical"),  # dataset-wide method
+        FeatureSpec(name="c0", kind="categorical", drift_method="psi", drift_threshold=0.15),
+    ]
+    current = frames["shifted"].copy()
+    current["score"] = np.nan  # an all-null prediction column is skipped, not an error
+    result = compute_drift(frames["reference"], current, features, num_method="ks", prediction_column="score")
+    x0, x1, x2, c0 = result.features
+    assert (x0.method, x0.threshold) == ("psi", 0.1)
+    assert x0.drifted and x0.score >= 0.1
+    assert (x1.method, x1.threshold) == ("ks", 0.3)
+    assert (x2.method, x2.threshold) == ("ks", 0.05)
+    assert (c0.method, c0.threshold) == ("psi", 0.15)
+    assert result.prediction is None
+
+
+def test_p_value_method_direction_matches_evidently():
+    # Small samples, growing shifts: some columns drift under KS, some do not.
+    rng = np.random.default_rng(7)
+    shifts = {"a": 0.0, "b": 0.2, "c": 0.5, "d": 1.0, "e": 0.0}
+    reference = pd.DataFrame({c: rng.normal(0, 1, 60) for c in shifts})
+    current = pd.DataFrame({c: rng.normal(s, 1, 60) for c, s in shifts.items()})
+    features = [FeatureSpec(name=c, kind="numerical") for c in shifts]
+
+    result = compute_drift(reference, current, features, num_method="ks")
+    verdicts = {f.name: f.drifted for f in result.features}
+    assert any(verdicts.values()) and not all(verdicts.values())
+    for f in result.features:
+        assert (f.method, f.threshold) == ("ks", 0.05)
+        assert f.drifted == (f.score < f.threshold), f  # p-value: drift when small
+    assert verdicts == evidently_drifted_columns(reference, current, "ks")
+
+    # Below 1,000 reference rows Evidently's default for numerical columns is KS too.
+    auto = compute_drift(reference, current, features)
+    assert [f.method for f in auto.features] == ["ks"] * len(features)
+    assert auto.to_dict()["features"] == result.to_dict()["features"]
+
+
+def test_distance_method_direction_matches_evidently():
+    rng = np.random.default_rng(11)
+    shifts = {"a": 0.0, "b": 0.1, "c": 0.4, "d": 1.0}
+    reference = pd.DataFrame({c: rng.normal(0, 1, 500) for c in shifts})
+    current = pd.DataFrame({c: rng.normal(s, 1, 500) for c, s in shifts.items()})
+    features = [FeatureSpec(name=c, kind="numerical") for c in shifts]
+
+    result = compute_drift(reference, current, features, num_method="psi")
+    verdicts = {f.name: f.drifted for f in result.features}
+    assert verdicts["d"] and not verdicts["a"]
+    for f in result.features:
+        assert (f.method, f.threshold) == ("psi", 0.1)
+        assert f.drifted == (f.score >= f.threshold), f  # distance: drift when large
+    assert verdicts == evidently_drifted_columns(reference, current, "psi")
+
+
+def test_prediction_drift_when_column_present(no_drift, shifted):
+    pred = no_drift.prediction
+    assert pred is not None
+    assert (pred.name, pred.kind) == ("score", "numerical")
+    assert not pred.drifted
+    # The prediction is reported on its own, not counted among the features.
+    assert "score" not in [f.name for f in no_drift.features]
+    assert shifted.prediction is None
+
+
+def test_categorical_prediction(frames):
+    reference = frames["reference"].assign(prediction=lambda d: (d["x0"] > 0).astype(int))
+    current = frames["shifted"].assign(prediction=lambda d: (d["x0"] > 0).astype(int))
+    result = compute_drift(
+        reference, current, FEATURES[:1], prediction_column="prediction", prediction_kind="categorical"
+    )
+    assert result.prediction is not None
+    assert result.prediction.kind == "categorical"
+    assert result.prediction.method == "jensenshannon"
+    assert result.prediction.drifted  # x0 moved by 1 sd, so did x0 > 0
+    assert "prediction 'prediction' drifted" in result.summary()
+
+
+# --- result object ---------------------------------------------------------------------------
+
+
+def _plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
+
+
+@pytest.mark.parametrize("name", ["no_drift", "shifted"])
+def test_to_dict_round_trip(name, request):
+    result = request.getfixturevalue(name)
+    data = result.to_dict()
+    assert _plain(data)
+    text = json.dumps(data, allow_nan=False)
+    assert len(text) < 4000  # goes into an XCom
+    assert DriftResult.from_dict(json.loads(text)) == result
+    assert DriftResult.from_dict(data) == result
+
+
+def test_summary_text(shifted):
+    line = shifted.summary()
+    assert "\n" not in line
+    assert line.startswith(f"drift share {3 / 7:.2f} on 3/7 features: ")
+    assert set(line.split(": ", 1)[1].split(", ")) == {"x0", "x1", "c0"}
+
+    quiet = DriftResult(
+        features=tuple(FeatureDrift(n, "numerical", "wasserstein", 0.1, 0.01, False) for n in "abcdefghi"),
+        drift_share=0.0,
+        n_reference=10,
+        n_current=10,
+    )
+    assert quiet.summary() == "no drift (0/9 features)"
+    assert quiet.drifted_features == []
+
+
+def test_drifted_features_order_and_summary_truncation():
+    features = (
+        FeatureDrift("p_small", "numerical", "ks", 0.05, 0.049, True),  # just past
+        FeatureDrift("quiet", "numerical", "ks", 0.05, 0.5, False),
+        FeatureDrift("d_big", "numerical", "wasserstein", 0.1, 2.0, True),  # 20x past
+        FeatureDrift("p_tiny", "numerical", "ks", 0.05, 1e-12, True),  # far past
+        FeatureDrift("d_small", "categorical", "jensenshannon", 0.1, 0.12, True),
+        FeatureDrift("p_zero", "categorical", "chisquare", 0.05, 0.0, True),
+        FeatureDrift("d_mid", "numerical", "psi", 0.1, 0.5, True),
+    )
+    result = DriftResult(features=features, drift_share=6 / 7, n_reference=5, n_current=5)
+    assert result.drifted_features == ["p_zero", "p_tiny", "d_big", "d_mid", "d_small", "p_small"]
+    assert result.summary() == "drift share 0.86 on 6/7 features: p_zero, p_tiny, d_big, d_mid, d_small, …"
+    assert DriftResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+# --- HTML report -----------------------------------------------------------------------------
+
+
+def test_report_written_only_when_asked(frames, tmp_path, monkeypatch):
+    reference, current = frames["reference"].head(300), frames["shifted"].head(300)
+    features = FEATURES[:2]
+
+    monkeypatch.chdir(tmp_path)
+    result = compute_drift(reference, current, features)
+    assert result.report_path is None
+    assert list(tmp_path.iterdir()) == []
+
+    path = tmp_path / "reports" / "nested" / "drift.html"
+    result = compute_drift(reference, current, features, report_path=path)
+    assert result.report_path == str(path)
+    assert path.stat().st_size > 0
+    assert "<html" in path.read_text(encoding="utf-8").lower()
+
+
+# --- input errors ----------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def small():
+    rng = np.random.default_rng(3)
+    return make_frame(rng, 50), make_frame(rng, 50)
+
+
+def test_empty_frames(small):
+    reference, current = small
+    with pytest.raises(DriftInputError, match=r"reference data is empty"):
+        compute_drift(reference.iloc[:0], current, FEATURES)
+    with pytest.raises(DriftInputError, match=r"current data is empty"):
+        compute_drift(reference, current.iloc[:0], FEATURES)
+
+
+def test_missing_columns(small):
+    reference, current = small
+    with pytest.raises(DriftInputError, match=r"\['x3'\] missing from reference data"):
+        compute_drift(reference.drop(columns="x3"), current, FEATURES)
+    with pytest.raises(DriftInputError, match=r"\['c0'\] missing from current data"):
+        compute_drift(reference, current.drop(columns="c0"), FEATURES)
+
+
+def test_all_null_columns(small):
+    reference, current = small
+    with pytest.raises(DriftInputError, match=r"column 'x1' is entirely null in reference data"):
+        compute_drift(reference.assign(x1=np.nan), current, FEATURES)
+    with pytest.raises(DriftInputError, match=r"column 'c0' is entirely null in current data"):
+        compute_drift(reference, current.assign(c0=None), FEATURES)
+    # Evidently drops ±inf as well, so a column of only inf has nothing to compare.
+    with pytest.raises(DriftInputError, match=r"column 'x2' is entirely null in current data"):
+        compute_drift(reference, current.assign(x2=math.inf), FEATURES)
+
+
+def test_bad_methods_and_types(small):
+    reference, current = small
+    with pytest.raises(DriftInputError, match=r"column 'x0': unknown drift method 'emd'"):
+        compute_drift(reference, current, FEATURES, num_method="emd")
+    with pytest.raises(
+        DriftInputError, match=r"column 'c0': drift method 'ks' does not apply to categorical"
+    ):
+        compute_drift(reference, current, FEATURES, cat_method="ks")
+    with pytest.raises(DriftInputError, match=r"column 'x0' is declared numerical but has dtype"):
+        compute_drift(reference.assign(x0="high"), current, FEATURES)
+    with pytest.raises(DriftInputError, match=r"no features"):
+        compute_drift(reference, current, [])
