@@ -1,0 +1,291 @@
+"""The MLflow model registry, as Driftline moves models through it.
+
+Aliases are the source of truth: ``champion``, ``challenger``, ``previous-champion``. Legacy stages
+are derived from them (champion -> Production, challenger -> Staging, any other version that was in
+either -> Archived) because users still look at the stage column, though MLflow 3 deprecates it.
+
+Every move is ordered so that the model is never without a champion (the champion alias is moved
+in one atomic write, never deleted) and so that re-running a move after a crash at any step
+converges to the same state. Each move ends in one audit-log entry.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ml.store import Store
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous-champion"
+TAG = "driftline."
+STAGE_FOR_ALIAS = {CHAMPION: "Production", CHALLENGER: "Staging"}
+_TAG_LIMIT = 4900  # MLflow caps tag values at 5000 characters
+
+
+class RegistryError(RuntimeError):
+    """A registry move that cannot be made (e.g. nothing to roll back to)."""
+
+
+def checkpoint(step: str) -> None:
+    """Called between registry writes. Does nothing; tests replace it to inject a crash at a step."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    stage: str
+    source: str
+    run_id: str | None
+
+    def tag(self, key: str, default: str | None = None) -> str | None:
+        return self.tags.get(TAG + key, default)
+
+    def tag_float(self, key: str) -> float | None:
+        value = self.tag(key)
+        return None if value in (None, "", "None") else float(value)
+
+
+class Registry:
+    def __init__(self, name: str, store: Store, mlflow_client: Any) -> None:
+        self.name = name
+        self.store = store
+        self.client = mlflow_client
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+            return True
+        except MlflowException:
+            return False
+
+    def ensure_model(self, description: str, tags: dict[str, str] | None = None) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if not self.exists():
+            try:
+                self.client.create_registered_model(self.name, tags=tags or {}, description=description)
+                return
+            except MlflowException:
+                pass  # created meanwhile by a concurrent run
+        self.client.update_registered_model(self.name, description=description)
+        for key, value in (tags or {}).items():
+            self.client.set_registered_model_tag(self.name, key, value)
+
+    def version_for(self, alias: str) -> int | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return int(self.client.get_model_version_by_alias(self.name, alias).version)
+        except MlflowException:
+            return None
+
+    def champion(self) -> int | None:
+        return self.version_for(CHAMPION)
+
+    def info(self, version: int) -> VersionInfo:
+        mv = self.client.get_model_version(self.name, str(version))
+        return VersionInfo(
+            version=int(mv.version),
+            tags=dict(mv.tags or {}),
+            aliases=tuple(mv.aliases or ()),
+            stage=mv.current_stage or "None",
+            source=mv.source,
+            run_id=mv.run_id,
+        )
+
+    def versions(self) -> list[VersionInfo]:
+        found = self.client.search_model_versions(f"name='{self.name}'")
+        return sorted(
+            (
+                VersionInfo(
+                    int(mv.version), dict(mv.tags or {}), tuple(mv.aliases or ()), mv.current_stage or "None",
+                    mv.source, mv.run_id,
+                )
+                for mv in found
+            ),
+            key=lambda v: v.version,
+        )
+
+    def load_model(self, version: int) -> Any:
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(f"models:/{self.name}/{version}")
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def set_tags(self, version: int, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            text = "" if value is None else str(value)
+            self.client.set_model_version_tag(self.name, str(version), TAG + key, text[:_TAG_LIMIT])
+
+    def describe(self, version: int, markdown: str) -> None:
+        self.client.update_model_version(self.name, str(version), description=markdown)
+
+    def mark_challenger(self, version: int, tags: dict[str, Any], *, run_id: str | None, actor: str | None) -> None:
+        self.set_tags(version, {**tags, "verdict": "pending"})
+        self.client.set_registered_model_alias(self.name, CHALLENGER, str(version))
+        self.sync_stages()
+        self._audit_once("registered", version, run_id=run_id, actor=actor, details=tags)
+
+    def promote(
+        self,
+        version: int,
+        *,
+        run_id: str | None,
+        actor: str | None,
+        reasons: list[str],
+        forced: bool = False,
+        data_time: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Make ``version`` the champion. Order: tag the winner, point ``previous-champion`` at the
+        old champion, move ``champion`` (one atomic write), clear ``challenger``, mirror stages,
+        audit. A crash anywhere leaves the old champion (or the new one) in place, and a re-run
+        finishes the job."""
+        current = self.champion()
+        if current != version:
+            self.set_tags(
+                version,
+                {
+                    "verdict": "promoted",
+                    "promoted_reasons": "; ".join(reasons),
+                    "forced": str(forced).lower(),
+                    "previous_champion": current if current is not None else "",
+                    "promoted_at": _iso(data_time),
+                    "promoted_by_run": run_id,
+                },
+            )
+            checkpoint("promote:tagged")
+            if current is not None:
+                self.client.set_registered_model_alias(self.name, PREVIOUS, str(current))
+            checkpoint("promote:previous_set")
+            self.client.set_registered_model_alias(self.name, CHAMPION, str(version))
+            checkpoint("promote:champion_moved")
+        self._clear_challenger(version)
+        checkpoint("promote:challenger_cleared")
+        self.sync_stages()
+        checkpoint("promote:stages_synced")
+        previous = self.info(version).tag("previous_champion") or None
+        details = {"previous_champion": previous, "reasons": reasons, "forced": forced}
+        self._audit_once("promoted", version, run_id=run_id, actor=actor, details=details)
+        return {"action": "promoted", "champion": version, "previous_champion": previous}
+
+    def reject(self, version: int, *, run_id: str | None, actor: str | None, reasons: list[str]) -> dict[str, Any]:
+        """The champion stays; the candidate is tagged rejected and archived."""
+        if self.champion() == version:
+            raise RegistryError(f"{self.name} v{version} is the champion; it cannot be rejected")
+        self.set_tags(version, {"verdict": "rejected", "rejected_reasons": "; ".join(reasons)})
+        checkpoint("reject:tagged")
+        self._clear_challenger(version)
+        self.sync_stages()
+        self._audit_once("rejected", version, run_id=run_id, actor=actor, details={"reasons": reasons})
+        return {"action": "rejected", "champion": self.champion(), "rejected": version}
+
+    def resolve_rollback_target(self, target: str | int) -> int:
+        """``"previous"`` -> the version before the champion; a number -> that version, checked."""
+        champion = self.champion()
+        if champion is None:
+            raise RegistryError(f"{self.name} has no champion; nothing to roll back")
+        if str(target).strip().lower() in ("previous", PREVIOUS):
+            previous = self.version_for(PREVIOUS)
+            if previous is None:
+                previous_tag = self.info(champion).tag("previous_champion")
+                previous = int(previous_tag) if previous_tag else None
+            if previous is None:
+                raise RegistryError(f"{self.name} v{champion} has no previous champion to roll back to")
+            return previous
+        try:
+            version = int(str(target).strip().removeprefix("v"))
+        except ValueError:
+            raise RegistryError(f"rollback target must be 'previous' or a version number, got {target!r}") from None
+        known = {v.version for v in self.versions()}
+        if version not in known:
+            raise RegistryError(f"{self.name} has no version {version} (versions: {sorted(known)})")
+        return version
+
+    def rollback(
+        self, to_version: int, *, run_id: str | None, actor: str | None, reason: str, automatic: bool = False
+    ) -> dict[str, Any]:
+        """Give the champion alias back to ``to_version``. Order: tag the demoted champion, move
+        ``champion`` (atomic), point ``previous-champion`` at what came before the restored one,
+        mirror stages, audit. The target is an explicit version so a retried task cannot roll back
+        twice."""
+        current = self.champion()
+        if current is None:
+            raise RegistryError(f"{self.name} has no champion; nothing to roll back")
+        if current != to_version:
+            self.set_tags(
+                current,
+                {
+                    "verdict": "rolled_back",
+                    "rolled_back_by": actor or "",
+                    "rolled_back_reason": reason,
+                    "rolled_back_to": to_version,
+                    "rolled_back_automatically": str(automatic).lower(),
+                    "rolled_back_by_run": run_id,
+                },
+            )
+            checkpoint("rollback:tagged")
+            self.client.set_registered_model_alias(self.name, CHAMPION, str(to_version))
+            checkpoint("rollback:champion_moved")
+            self.set_tags(to_version, {"verdict": "promoted", "restored_by_run": run_id})
+            demoted = current
+        else:
+            # A re-run after the alias moved: the first attempt tagged the version it demoted.
+            demoted = next(
+                (v.version for v in self.versions() if run_id and v.tag("rolled_back_by_run") == run_id), None
+            )
+        before = self.info(to_version).tag("previous_champion")
+        if before and int(before) != to_version:
+            self.client.set_registered_model_alias(self.name, PREVIOUS, before)
+        elif self.version_for(PREVIOUS) is not None:
+            self.client.delete_registered_model_alias(self.name, PREVIOUS)
+        checkpoint("rollback:previous_set")
+        self.sync_stages()
+        details = {"from_version": demoted, "reason": reason, "automatic": automatic}
+        self._audit_once("rolled_back", to_version, run_id=run_id, actor=actor, details=details)
+        return {"action": "rolled_back", "champion": to_version, "from_version": demoted}
+
+    def sync_stages(self) -> None:
+        """Derive the legacy stages from the aliases (idempotent)."""
+        holders = {alias: self.version_for(alias) for alias in STAGE_FOR_ALIAS}
+        wanted = {version: STAGE_FOR_ALIAS[alias] for alias, version in holders.items() if version is not None}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated; we mirror on purpose
+            for info in self.versions():
+                target = wanted.get(info.version)
+                if target is None and info.stage in ("Production", "Staging"):
+                    target = "Archived"
+                if target is not None and info.stage != target:
+                    self.client.transition_model_version_stage(
+                        self.name, str(info.version), target, archive_existing_versions=False
+                    )
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _clear_challenger(self, version: int) -> None:
+        if self.version_for(CHALLENGER) == version:
+            self.client.delete_registered_model_alias(self.name, CHALLENGER)
+
+    def _audit_once(
+        self, action: str, version: int, *, run_id: str | None, actor: str | None, details: dict[str, Any]
+    ) -> None:
+        """A re-run of the same move by the same run writes no second entry."""
+        if run_id is not None:
+            for entry in self.store.audit_log(self.name, [action]):
+                if entry["run_id"] == run_id and entry["version"] == version:
+                    return
+        self.store.audit(self.name, action, version=version, actor=actor, run_id=run_id, details=details)
+
+
+def _iso(value: datetime | None) -> str:
+    return (value or datetime.now(UTC)).isoformat()

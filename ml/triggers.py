@@ -1,0 +1,200 @@
+"""Whether and why to retrain: a pure function from the facts of one run to a :class:`Decision`.
+
+Kinds, highest priority first: ``manual`` (a person asked), ``threshold`` (drift share, prediction
+drift, metric floor or relative drop crossed), ``event`` (new labelled data announced), ``time``
+(the champion's data is older than ``max_model_age``, or there is no champion), ``none``.
+Cooldown and minimum-new-labels rules hold back the automatic kinds; a manual request is not held
+back (``force`` goes further and promotes past the gate: see the evaluation step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from ml.config import TriggerPolicy, format_duration
+
+Kind = Literal["manual", "threshold", "event", "time", "none"]
+
+BRANCH_FOR_KIND: dict[str, str] = {
+    "threshold": "retrain_on_threshold",
+    "time": "retrain_on_schedule",
+    "event": "retrain_on_event",
+    "manual": "retrain_on_demand",
+    "none": "skip_retraining",
+}
+
+# Fewer labelled rows than this and the live metric is too noisy to act on.
+MIN_ROWS_FOR_PERFORMANCE = 50
+
+
+@dataclass(frozen=True)
+class TriggerInputs:
+    has_champion: bool
+    drift_share: float | None = None
+    drifted_features: tuple[str, ...] = ()
+    n_features: int = 0
+    prediction_drifted: bool = False
+    metric: str = ""
+    greater_is_better: bool = True
+    live_metric: float | None = None  # champion's metric on newly labelled rows
+    live_rows: int = 0
+    reference_metric: float | None = None  # the champion's own evaluation at promotion
+    model_age: timedelta | None = None  # data time since the end of the champion's training window
+    since_last_retrain: timedelta | None = None  # None: never retrained
+    new_labels: int = 0  # labelled rows newer than the champion's training data
+    pending_event_rows: tuple[int, ...] = ()  # rows announced by each unconsumed new-labels event
+    manual: bool = False
+    force: bool = False
+    requested_by: str | None = None
+    reason: str | None = None
+    # A data-drift episode in progress: when it began, and how many labelled rows from after that
+    # are available for training (outside the holdout).
+    drift_onset: datetime | None = None
+    labels_after_onset: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: Kind
+    reasons: tuple[str, ...]
+    # With kind "none": why the rules in `reasons` fired but did not retrain (cooldown, min labels).
+    held_back: tuple[str, ...] = field(default=())
+    force: bool = False
+    # Train only on rows after this time (ISO): the start of the drift episode being answered.
+    train_after: str | None = None
+
+    @property
+    def retrain(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def branch(self) -> str:
+        return BRANCH_FOR_KIND[self.kind]
+
+    def summary(self) -> str:
+        action = f"retrain ({self.kind})" if self.retrain else "no retrain"
+        text = "; ".join(self.reasons) if self.reasons else "nothing crossed a threshold"
+        if self.held_back:
+            text += "; held back: " + "; ".join(self.held_back)
+        return f"{text} -> {action}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(reasons=list(self.reasons), held_back=list(self.held_back), branch=self.branch)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decision:
+        return cls(
+            kind=data["kind"],
+            reasons=tuple(data.get("reasons", ())),
+            held_back=tuple(data.get("held_back", ())),
+            force=bool(data.get("force", False)),
+            train_after=data.get("train_after"),
+        )
+
+
+def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]:
+    reasons: list[str] = []
+    if policy.drift_share is not None and facts.drift_share is not None and facts.drift_share >= policy.drift_share:
+        names = ", ".join(facts.drifted_features[:5]) + ("…" if len(facts.drifted_features) > 5 else "")
+        reasons.append(
+            f"drift share {facts.drift_share:.2f} >= {policy.drift_share:.2f} "
+            f"on {len(facts.drifted_features)}/{facts.n_features} features: {names}"
+        )
+    if policy.prediction_drift and facts.prediction_drifted:
+        reasons.append("prediction drift detected")
+    if facts.live_metric is not None and facts.live_rows >= MIN_ROWS_FOR_PERFORMANCE:
+        live, better = facts.live_metric, facts.greater_is_better
+        if policy.metric_floor is not None and (live < policy.metric_floor if better else live > policy.metric_floor):
+            relation = "<" if better else ">"
+            reasons.append(
+                f"live {facts.metric} {live:.3f} {relation} floor {policy.metric_floor:.3f} (n={facts.live_rows})"
+            )
+        ref = facts.reference_metric
+        if policy.max_relative_drop is not None and ref:
+            drop = (ref - live) / abs(ref) if better else (live - ref) / abs(ref)
+            if drop >= policy.max_relative_drop:
+                reasons.append(
+                    f"live {facts.metric} {live:.3f} is {drop:.1%} worse than at promotion ({ref:.3f}), "
+                    f">= {policy.max_relative_drop:.0%} allowed (n={facts.live_rows})"
+                )
+    return reasons
+
+
+def decide(policy: TriggerPolicy, facts: TriggerInputs) -> Decision:
+    if facts.manual or facts.force:
+        who = facts.requested_by or "someone"
+        why = facts.reason or "no reason given"
+        extra = " with force (promote past the gate)" if facts.force else ""
+        return Decision("manual", (f"requested by {who}{extra}: {why}",), force=facts.force)
+
+    candidates: list[tuple[Kind, list[str]]] = []
+    threshold = _threshold_reasons(policy, facts)
+    if threshold:
+        candidates.append(("threshold", threshold))
+    if policy.on_new_labels and facts.pending_event_rows:
+        rows = sum(facts.pending_event_rows)
+        count = len(facts.pending_event_rows)
+        candidates.append(("event", [f"{count} new-labels event(s) announced {rows} labelled rows"]))
+    if not facts.has_champion:
+        candidates.append(("time", ["no champion yet: train the first one"]))
+    elif policy.max_model_age is not None and facts.model_age is not None and facts.model_age >= policy.max_model_age:
+        candidates.append(
+            (
+                "time",
+                [
+                    (
+                        f"champion's data is {format_duration(facts.model_age)} old, "
+                        f">= max age {format_duration(policy.max_model_age)}"
+                    )
+                ],
+            )
+        )
+    if not candidates:
+        return Decision("none", ())
+
+    holds: list[str] = []
+    if facts.has_champion:
+        if facts.since_last_retrain is not None and facts.since_last_retrain < policy.cooldown:
+            holds.append(
+                f"cooldown: last retrain {format_duration(facts.since_last_retrain)} ago "
+                f"< {format_duration(policy.cooldown)}"
+            )
+        if facts.new_labels < policy.min_new_labels:
+            holds.append(f"only {facts.new_labels} new labelled rows < {policy.min_new_labels} required")
+    if facts.drift_onset is not None:
+        needed = max(policy.min_new_labels, 1)
+        if facts.labels_after_onset < needed:
+            holds.append(
+                f"drift since {facts.drift_onset:%Y-%m-%d %H:%M}: {facts.labels_after_onset} labelled rows from "
+                f"after it can train a model, {needed} needed (a retrain now would learn the old data)"
+            )
+    kind, reasons = candidates[0]
+    # Lower-priority rules that also fired are kept in the reasons: a person asks "what else was true?".
+    for _, more in candidates[1:]:
+        reasons = reasons + more
+    if holds:
+        return Decision("none", tuple(reasons), held_back=tuple(holds))
+    train_after = facts.drift_onset.isoformat() if facts.drift_onset is not None else None
+    return Decision(kind, tuple(reasons), train_after=train_after)
+
+
+def drift_onset(
+    history: list[tuple[datetime, float | None]], now: tuple[datetime, float | None], threshold: float | None
+) -> datetime | None:
+    """Start of the drift episode that includes this check, or None if this check shows no drift.
+
+    ``history`` holds earlier checks as (start of their current window, drift share), oldest first;
+    ``now`` is this check. The episode is the unbroken run of checks at or above ``threshold``
+    ending with this one; its onset is the earliest of their window starts."""
+    if threshold is None or now[1] is None or now[1] < threshold:
+        return None
+    onset = now[0]
+    for start, share in reversed(history):
+        if share is None or share < threshold:
+            break
+        onset = min(onset, start)
+    return onset
