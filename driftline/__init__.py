@@ -1,0 +1,1 @@
+"""Driftline's command line and the Airflow-side runners (demo, local stack)."""
