@@ -1,0 +1,309 @@
+"""DAG integrity (parse only) and integration: real ``dag.test()`` runs against a real MLflow store
+and the real store, covering every branch: threshold, time, event, manual, none; promote, reject,
+rollback (automatic and by hand); and the failure paths (bad batch, bad params)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "credit_default"
+CT = f"{MODEL}_continuous_training"
+RETRAIN_BRANCHES = ["retrain_on_threshold", "retrain_on_schedule", "retrain_on_event", "retrain_on_demand"]
+SGD_YAML_PATCH = {
+    "name": "credit_default_sgd",
+    "estimator": {"class": "sklearn.linear_model.SGDClassifier",
+                  "params": {"loss": "log_loss", "alpha": 0.001, "random_state": 0}},
+    "training": {"strategy": "incremental"},
+}
+
+
+def _dagbag(models_dir: Path | None = None, monkeypatch=None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    if models_dir is not None:
+        monkeypatch.setenv("DRIFTLINE_MODELS_DIR", str(models_dir))
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+# ---- integrity: parse only, no database ----------------------------------------------------------
+
+
+def test_every_dag_imports_with_expected_ids():
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    assert {f"{MODEL}_{suffix}" for suffix in ("continuous_training", "rollback", "score", "new_labels")} <= set(
+        bag.dags
+    )
+
+
+def test_continuous_training_graph_branches_and_join_rules():
+    dag = _dagbag().dags[CT]
+    tasks = dag.task_dict
+    expected = {"guard_champion", "rollback_champion", "keep_champion", "validate_windows", "check_drift", "decide",
+                *RETRAIN_BRANCHES, "skip_retraining", "train_candidate", "evaluate_candidate", "gate", "promote",
+                "reject", "record"}
+    assert set(tasks) == expected
+    assert tasks["decide"].downstream_task_ids == {*RETRAIN_BRANCHES, "skip_retraining"}
+    assert tasks["gate"].downstream_task_ids == {"promote", "reject"}
+    assert tasks["guard_champion"].downstream_task_ids == {"rollback_champion", "keep_champion"}
+    # Only the retrain markers feed training; skip_retraining goes straight to record.
+    assert tasks["train_candidate"].upstream_task_ids == set(RETRAIN_BRANCHES)
+    assert tasks["record"].upstream_task_ids == {"promote", "reject", "skip_retraining"}
+    for joined in ("train_candidate", "record", "validate_windows"):
+        assert str(tasks[joined].trigger_rule) in ("none_failed_min_one_success",
+                                                   "TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS")
+    assert dag.max_active_runs == 1
+    assert "driftline" in dag.tags and MODEL in dag.tags
+    assert "credit_default.yaml" in dag.doc_md
+
+
+def test_hand_trigger_params_explain_themselves():
+    bag = _dagbag()
+    for dag_id, names in {CT: ["retrain", "force", "strategy", "reason", "dry_run", "train_until", "as_of"],
+                          f"{MODEL}_rollback": ["target", "reason", "dry_run"]}.items():
+        params = bag.dags[dag_id].params
+        for name in names:
+            param = params.get_param(name)
+            assert param.schema.get("title") and param.description, f"{dag_id}.{name} lacks title/description"
+    assert bag.dags[CT].params.get_param("strategy").schema["enum"] == ["config", "full", "incremental"]
+
+
+def test_bad_model_yaml_fails_at_parse_time_naming_file_and_field(tmp_path, monkeypatch):
+    text = (ROOT / "models" / "credit_default.yaml").read_text().replace("metric: roc_auc", "metric: mae")
+    (tmp_path / "credit_default.yaml").write_text(text)
+    bag = _dagbag(tmp_path, monkeypatch)
+    assert not bag.dags
+    message = " ".join(str(v) for v in bag.import_errors.values())
+    assert "credit_default.yaml" in message and "promotion.metric" in message and "mae" in message
+
+
+# ---- integration: the scripted scenario through real DAG runs -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    """Plays the demo once (real dag.test runs, real MLflow SQLite store, real store) in its own
+    state folder, with a second, incremental model beside the demo's."""
+    home = tmp_path_factory.mktemp("scenario")
+    models = home / "models"
+    models.mkdir()
+    shutil.copy(ROOT / "models" / "credit_default.yaml", models / "credit_default.yaml")
+    import yaml
+
+    sgd = yaml.safe_load((ROOT / "models" / "credit_default.yaml").read_text()) | SGD_YAML_PATCH
+    (models / "credit_default_sgd.yaml").write_text(yaml.safe_dump(sgd))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DRIFTLINE_HOME", str(home))
+        mp.setenv("DRIFTLINE_MODELS_DIR", str(models))
+        for var in ("MLFLOW_TRACKING_URI", "DRIFTLINE_STORE_URL"):
+            mp.delenv(var, raising=False)
+        from driftline import demo, runner
+
+        runner.reload_dags()
+        lines: list[str] = []
+        code = demo.run(reset=True, out=lines.append)
+        summary = json.loads((home / "demo-summary.json").read_text())
+        yield {"home": home, "code": code, "lines": lines, "summary": summary, "runner": runner}
+        runner.reload_dags()
+
+
+def _ctx(name: str = MODEL):
+    from ml.config import load_config
+    from ml.loop import Context
+    from ml.settings import get_settings
+
+    settings = get_settings()
+    return Context.open(load_config(settings.models_dir / f"{name}.yaml"), settings)
+
+
+def _step(scenario, period: int) -> dict:
+    return next(s for s in scenario["summary"]["steps"] if s["period"] == period)
+
+
+@pytest.mark.integration
+def test_demo_scenario_passes_every_expected_step(scenario):
+    assert scenario["code"] == 0, "\n".join(scenario["lines"][-30:])
+    assert scenario["summary"]["ok"] is True
+    assert all(step["ok"] for step in scenario["summary"]["steps"])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("period", "branch", "action"),
+    [
+        (3, "retrain_on_demand", "promoted"),  # manual: bootstrap
+        (4, "skip_retraining", "skipped"),  # none
+        (8, "retrain_on_threshold", "promoted"),  # threshold: drift + live metric drop
+        (11, "retrain_on_schedule", "rejected"),  # time: model age; no significant gain
+        (12, "retrain_on_event", None),  # event: new labels announced
+        (13, "retrain_on_demand", "promoted"),  # manual with force past the gate
+    ],
+)
+def test_branch_taken_in_the_graph(scenario, period, branch, action):
+    step = _step(scenario, period)
+    assert step["branch"] == [branch], step
+    if action:
+        assert step["action"] == action
+
+
+@pytest.mark.integration
+def test_drift_is_held_until_labels_after_onset_exist(scenario):
+    for period in (6, 7):
+        step = _step(scenario, period)
+        assert step["drift_share"] >= 0.3 and step["branch"] == ["skip_retraining"]
+        assert any("drift since" in h for h in step["held_back"]), step["held_back"]
+    # The retrain that answers the drift trained only on rows after the onset.
+    version = _step(scenario, 8)["candidate_version"]
+    info = _ctx().registry.info(version)
+    assert info.tag("data_start") >= "2026-01-06T23"  # the onset is the end of day 5 / start of day 6
+
+
+@pytest.mark.integration
+def test_forced_worse_model_is_rolled_back_automatically(scenario):
+    forced, last = _step(scenario, 13), _step(scenario, 15)
+    assert forced["forced"] is True
+    assert last["guard"] == "rollback"
+    registry = _ctx().registry
+    demoted = registry.info(forced["candidate_version"])
+    assert demoted.tag("verdict") == "rolled_back"
+    assert demoted.tag("rolled_back_automatically") == "true"
+    assert demoted.stage == "Archived"
+    assert registry.champion() == _step(scenario, 12)["champion_version"]
+    assert registry.info(registry.champion()).stage == "Production"
+
+
+@pytest.mark.integration
+def test_registry_explains_each_version(scenario):
+    registry = _ctx().registry
+    champion = registry.info(registry.champion())
+    assert champion.tag("trigger") == "threshold"
+    assert "drift share" in champion.tag("reasons")
+    assert champion.tag("dag_run_id", "").startswith(f"{CT}/")
+    assert champion.tag("git_commit")
+    mv = registry.client.get_model_version(MODEL, str(champion.version))
+    assert "Champion vs challenger" in mv.description and "| challenger" in mv.description.lower()
+    artifacts = {a.path for a in registry.client.list_artifacts(champion.run_id, "drift")}
+    assert "drift/drift.html" in artifacts
+    assert registry.client.get_registered_model(MODEL).description.count("credit_default.yaml") == 1
+    reports = list((scenario["home"] / "reports" / MODEL).glob("*/drift.html"))
+    assert len(reports) >= len(scenario["summary"]["steps"])
+
+
+@pytest.mark.integration
+def test_score_dag_wrote_predictions_with_champion_versions(scenario):
+    ctx = _ctx()
+    rows = ctx.store.load(MODEL, ctx.config.feature_names)
+    scored = rows[rows["model_version"].notna()]
+    assert len(scored) > 0 and scored["score"].between(0, 1).all()
+    assert set(scored["model_version"].unique()) >= {1, 2}
+
+
+@pytest.mark.integration
+def test_manual_rollback_dag_dry_run_then_real(scenario):
+    runner = scenario["runner"]
+    registry = _ctx().registry
+    before, previous = registry.champion(), registry.version_for("previous-champion")
+    assert previous is not None
+    dry = runner.run_dag(f"{MODEL}_rollback", {"target": "previous", "reason": "check the dry run", "dry_run": True})
+    assert dry.ok and registry.champion() == before
+    real = runner.run_dag(f"{MODEL}_rollback", {"target": "previous", "reason": "ops asked to compare"})
+    assert real.ok
+    assert registry.champion() == previous
+    demoted = registry.info(before)
+    assert demoted.tag("verdict") == "rolled_back" and demoted.tag("rolled_back_reason") == "ops asked to compare"
+    audit = _ctx().store.audit_log(MODEL, ["rolled_back"])
+    assert audit[-1]["run_id"] == real.key and audit[-1]["version"] == previous
+    # Back to where we were, by version number this time.
+    again = runner.run_dag(f"{MODEL}_rollback", {"target": str(before), "reason": "restore"})
+    assert again.ok and registry.champion() == before
+
+
+@pytest.mark.integration
+def test_rollback_to_unknown_version_fails_and_changes_nothing(scenario):
+    registry = _ctx().registry
+    before = registry.champion()
+    result = scenario["runner"].run_dag(f"{MODEL}_rollback", {"target": "999", "reason": "typo"})
+    assert not result.ok and result.task_states["resolve_target"] == "failed"
+    assert registry.champion() == before
+
+
+@pytest.mark.integration
+def test_force_without_reason_is_refused_by_the_first_task(scenario):
+    registry = _ctx().registry
+    versions = len(registry.versions())
+    result = scenario["runner"].run_dag(CT, {"force": True})
+    assert not result.ok and result.task_states["guard_champion"] == "failed"
+    assert len(registry.versions()) == versions
+
+
+@pytest.mark.integration
+def test_dry_run_decides_but_trains_nothing(scenario):
+    registry = _ctx().registry
+    versions, champion = len(registry.versions()), registry.champion()
+    result = scenario["runner"].run_dag(CT, {"retrain": True, "reason": "what would happen?", "dry_run": True})
+    assert result.ok and result.branch_taken(RETRAIN_BRANCHES + ["skip_retraining"]) == ["skip_retraining"]
+    assert len(registry.versions()) == versions and registry.champion() == champion
+
+
+@pytest.mark.integration
+def test_bad_batch_stops_the_run_and_reaches_no_model(scenario):
+    """Rows stored without ingest validation (as a buggy upstream job would) must stop the run at
+    validate_windows: nothing trained, registry and stored data unchanged."""
+    import pandas as pd
+
+    from ml.simulator import CreditDefaultSimulator
+
+    ctx = _ctx()
+    registry = ctx.registry
+    versions, champion = len(registry.versions()), registry.champion()
+    batch = CreditDefaultSimulator(seed=99, start=pd.Timestamp("2026-01-17", tz="UTC").to_pydatetime()).batch(0)
+    bad = batch.features.copy()
+    bad["row_id"] = "bad-" + bad["row_id"]
+    bad["income"] = bad["income"].astype(object)
+    bad.loc[bad.index[:5], "income"] = "n/a"
+    ctx.store.add_observations(MODEL, bad, ctx.config.feature_names)
+    stored_before = len(ctx.store.load(MODEL, ctx.config.feature_names))
+    result = scenario["runner"].run_dag(CT, {"retrain": True, "reason": "should not train"})
+    assert not result.ok
+    assert result.task_states["validate_windows"] == "failed"
+    assert result.task_states["train_candidate"] in ("upstream_failed", "skipped", "none", "None")
+    assert len(registry.versions()) == versions and registry.champion() == champion
+    assert len(ctx.store.load(MODEL, ctx.config.feature_names)) == stored_before
+
+
+@pytest.mark.integration
+def test_incremental_strategy_warm_starts_the_champion(scenario):
+    from ml.simulator import CreditDefaultSimulator, DriftPhase
+    from ml.validation import validate_incoming, validate_incoming_labels
+
+    runner = scenario["runner"]
+    ctx = _ctx("credit_default_sgd")
+    sim = CreditDefaultSimulator(seed=3, phases=[DriftPhase(3, 1.0, 1.0)])
+    for period in range(5):
+        batch = sim.batch(period)
+        ctx.store.add_observations(ctx.config.name, validate_incoming(batch.features, ctx.config),
+                                   ctx.config.feature_names)
+        labels = batch.labels[batch.labels["labelled_at"] < sim.period_start(5)]
+        if len(labels):  # the newest day's labels are not due yet
+            ctx.store.add_labels(ctx.config.name, validate_incoming_labels(labels, ctx.config))
+    first = runner.run_dag("credit_default_sgd_continuous_training", {"retrain": True, "reason": "bootstrap"})
+    assert first.ok and ctx.registry.champion() == 1
+    assert ctx.registry.info(1).tag("notes").startswith("no champion to warm-start")
+    for period in range(5, 7):
+        batch = sim.batch(period)
+        ctx.store.add_observations(ctx.config.name, validate_incoming(batch.features, ctx.config),
+                                   ctx.config.feature_names)
+        ctx.store.add_labels(ctx.config.name, validate_incoming_labels(batch.labels, ctx.config))
+    second = runner.run_dag("credit_default_sgd_continuous_training",
+                            {"retrain": True, "reason": "warm start", "force": True})
+    assert second.ok, second.task_states
+    info = ctx.registry.info(2)
+    assert info.tag("strategy") == "incremental"
+    # The warm-started model keeps the champion's history in its data window.
+    assert info.tag("data_start") == ctx.registry.info(1).tag("data_start")
+    assert info.tag("data_end") > ctx.registry.info(1).tag("data_end")
