@@ -90,7 +90,7 @@ def build_continuous_training(cfg: ModelConfig):
         catchup=False,
         max_active_runs=1,  # one model never has two promotions racing
         tags=["driftline", cfg.name],
-        default_args={"owner": "driftline", "retries": 0},
+        default_args={"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
         doc_md=CT_DOC.format(
             name=cfg.name, source=cfg.source, schedule=f"on `{cfg.triggers.schedule}`" if cfg.triggers.schedule else "",
             asset=asset.name, allowed_drop=cfg.rollback.allowed_drop, metric=cfg.promotion.metric,
@@ -226,7 +226,7 @@ def build_rollback(cfg: ModelConfig):
         catchup=False,
         max_active_runs=1,
         tags=["driftline", cfg.name],
-        default_args={"owner": "driftline", "retries": 0},
+        default_args={"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
         doc_md=f"""\
 ### Roll back `{cfg.name}` by hand
 
@@ -266,7 +266,7 @@ def build_score(cfg: ModelConfig):
         catchup=False,
         max_active_runs=1,
         tags=["driftline", cfg.name],
-        default_args={"owner": "driftline", "retries": 0},
+        default_args={"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
         doc_md=f"Batch-scores every stored `{cfg.name}` row without a prediction with "
                f"`models:/{cfg.name}@champion` and writes the predictions back: the next drift check reads them.",
     )
@@ -288,7 +288,7 @@ def build_new_labels(cfg: ModelConfig):
         schedule=None,
         catchup=False,
         tags=["driftline", cfg.name],
-        default_args={"owner": "driftline", "retries": 0},
+        default_args={"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
         doc_md=f"Announces that labelled rows for `{cfg.name}` arrived: records the event and updates the "
                f"`{asset.name}` asset, which starts `{cfg.name}_continuous_training`.",
         params={

@@ -1,0 +1,135 @@
+"""``driftline up``: the Airflow UI (``airflow standalone``: api-server, scheduler, dag-processor,
+triggerer) and the MLflow UI (``mlflow server``) on the embedded state, until Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from driftline import env
+
+DEV_USER, DEV_PASSWORD = "admin", "admin"
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_http(url: str, timeout: float, procs: list[subprocess.Popen] | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if procs and any(p.poll() is not None for p in procs):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (loopback only)
+                if response.status < 500:
+                    return True
+        except Exception:  # not up yet
+            time.sleep(1)
+    return False
+
+
+def seed_dev_login(airflow_home: Path) -> None:
+    """SimpleAuthManager keeps a password already in its file: pre-seed a known dev login."""
+    path = airflow_home / "simple_auth_manager_passwords.json.generated"
+    users = json.loads(path.read_text()) if path.exists() else {}
+    users.setdefault(DEV_USER, DEV_PASSWORD)
+    path.write_text(json.dumps(users))
+
+
+def mlflow_server_command(settings, port: int) -> list[str]:
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    return [mlflow, "server", "--backend-store-uri", settings.tracking_uri,
+            "--artifacts-destination", str(settings.artifact_root), "--serve-artifacts",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def up(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
+    from ml.settings import get_settings
+
+    for port, what in ((airflow_port, "Airflow"), (mlflow_port, "MLflow"), (8793, "Airflow log server"),
+                       (8794, "Airflow triggerer log server")):
+        if not port_free(port):
+            print(f"driftline up: port {port} ({what}) is in use; stop what holds it or choose another port "
+                  f"(--airflow-port / --mlflow-port)", file=sys.stderr)
+            return 2
+    variables = env.apply()
+    settings = get_settings()
+    env.migrate_airflow_db()
+    seed_dev_login(settings.airflow_home)
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    mlflow_url, airflow_url = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{airflow_port}"
+    child_env = {
+        **os.environ, **variables,
+        "AIRFLOW__API__PORT": str(airflow_port),
+        "AIRFLOW__API__BASE_URL": airflow_url,
+        "DRIFTLINE_MLFLOW_UI_URL": os.environ.get("DRIFTLINE_MLFLOW_UI_URL", mlflow_url),
+        # `airflow standalone` starts its components by name from PATH: put the venv first.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def interrupt(signum, frame):  # also when started in the background, where SIGINT may be ignored
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    procs: list[subprocess.Popen] = []
+    for name, command in (("mlflow", mlflow_server_command(settings, mlflow_port)),
+                          ("airflow", [env.airflow_bin(), "standalone"])):
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+        procs.append(subprocess.Popen(command, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+    try:
+        print(f"Starting MLflow and Airflow (logs in {logs}) ...", flush=True)
+        ok = wait_http(f"{mlflow_url}/health", 120, procs) and wait_http(f"{airflow_url}/api/v2/monitor/health", 240, procs)
+        if not ok:
+            print(f"driftline up: a component did not start; see {logs}/mlflow.log and {logs}/airflow.log",
+                  file=sys.stderr)
+            return 1
+        print(f"\n  Airflow UI : {airflow_url}   (login {DEV_USER} / {DEV_PASSWORD})")
+        print(f"  MLflow UI  : {mlflow_url}")
+        print(f"  State      : {settings.home}\n\nCtrl-C stops both.", flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        print("driftline up: a component exited; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopping ...", flush=True)
+        return 0
+    finally:
+        stop(procs)
+
+
+def stop(procs: list[subprocess.Popen], grace: float = 20) -> None:
+    """SIGTERM each process group, wait, then SIGKILL what is left."""
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
