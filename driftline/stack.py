@@ -34,10 +34,10 @@ def wait_http(url: str, timeout: float, procs: list[subprocess.Popen] | None = N
         if procs and any(p.poll() is not None for p in procs):
             return False
         try:
-            with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (loopback only)
+            with urllib.request.urlopen(url, timeout=3) as response:
                 if response.status < 500:
                     return True
-        except Exception:  # not up yet
+        except OSError:  # refused, reset or timed out: not up yet
             time.sleep(1)
     return False
 

@@ -15,7 +15,7 @@ MLFLOW_UI_URL = os.environ.get("DRIFTLINE_MLFLOW_UI_URL", "http://127.0.0.1:5000
 
 class DriftlinePlugin(AirflowPlugin):
     name = "driftline"
-    external_views = [
+    external_views = [  # noqa: RUF012 (AirflowPlugin declares these as class attributes)
         {
             "name": "MLflow models",
             "href": f"{MLFLOW_UI_URL}/#/models",

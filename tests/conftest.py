@@ -49,7 +49,7 @@ def _pg_available() -> str | None:
             conn.execute(sa.text("select 1"))
         engine.dispose()
         return None
-    except Exception as exc:  # any driver or network error means "not here"
+    except Exception as exc:  # noqa: BLE001 (any driver or network error means "not here")
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
