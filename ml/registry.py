@@ -174,7 +174,8 @@ class Registry:
         checkpoint("promote:challenger_cleared")
         self.sync_stages()
         checkpoint("promote:stages_synced")
-        previous = self.info(version).tag("previous_champion") or None
+        previous_tag = self.info(version).tag("previous_champion")
+        previous = int(previous_tag) if previous_tag else None
         details = {"previous_champion": previous, "reasons": reasons, "forced": forced}
         self._audit_once("promoted", version, run_id=run_id, actor=actor, details=details)
         return {"action": "promoted", "champion": version, "previous_champion": previous}
@@ -237,19 +238,22 @@ class Registry:
             checkpoint("rollback:tagged")
             self.client.set_registered_model_alias(self.name, CHAMPION, str(to_version))
             checkpoint("rollback:champion_moved")
-            self.set_tags(to_version, {"verdict": "promoted", "restored_by_run": run_id})
             demoted = current
         else:
             # A re-run after the alias moved: the first attempt tagged the version it demoted.
             demoted = next(
                 (v.version for v in self.versions() if run_id and v.tag("rolled_back_by_run") == run_id), None
             )
+        if demoted is not None:
+            # Also on a re-run: the first attempt may have crashed before tagging the restored version.
+            self.set_tags(to_version, {"verdict": "promoted", "restored_by_run": run_id})
         before = self.info(to_version).tag("previous_champion")
         if before and int(before) != to_version:
             self.client.set_registered_model_alias(self.name, PREVIOUS, before)
         elif self.version_for(PREVIOUS) is not None:
             self.client.delete_registered_model_alias(self.name, PREVIOUS)
         checkpoint("rollback:previous_set")
+        self._clear_challenger(to_version)  # the restored champion is no longer under evaluation
         self.sync_stages()
         details = {"from_version": demoted, "reason": reason, "automatic": automatic}
         self._audit_once("rolled_back", to_version, run_id=run_id, actor=actor, details=details)
@@ -258,7 +262,10 @@ class Registry:
     def sync_stages(self) -> None:
         """Derive the legacy stages from the aliases (idempotent)."""
         holders = {alias: self.version_for(alias) for alias in STAGE_FOR_ALIAS}
-        wanted = {version: STAGE_FOR_ALIAS[alias] for alias, version in holders.items() if version is not None}
+        wanted: dict[int, str] = {}
+        for alias, version in holders.items():  # champion first: it outranks challenger on the same version
+            if version is not None:
+                wanted.setdefault(version, STAGE_FOR_ALIAS[alias])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated; we mirror on purpose
             for info in self.versions():
