@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from functools import lru_cache
 
@@ -16,8 +17,16 @@ def client(settings: Settings | None = None):
 
     settings = settings or get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
+    # MLflow's setters also export MLFLOW_*_URI; undo that so the environment stays what the user
+    # set and get_settings() keeps following DRIFTLINE_HOME within one process.
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
 
 

@@ -27,8 +27,8 @@ PG_URL = os.environ.get("DRIFTLINE_TEST_PG_URL", "postgresql+psycopg2://postgres
 def home(tmp_path, monkeypatch) -> Path:
     """A fresh DRIFTLINE_HOME: SQLite store and MLflow store inside it."""
     monkeypatch.setenv("DRIFTLINE_HOME", str(tmp_path))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DRIFTLINE_STORE_URL", raising=False)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DRIFTLINE_STORE_URL"):
+        monkeypatch.delenv(var, raising=False)
     return tmp_path
 
 
