@@ -258,11 +258,18 @@ class ModelConfig(_Strict):
         return self.model_dump(mode="json", by_alias=True)
 
 
+# Cross-field checks raise "<field>: <problem>"; report that field, not "(top level)".
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.DOTALL)
+
+
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         field = ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
+        named = None if item["loc"] else _FIELD_PREFIX.match(message)
+        if named:
+            field, message = named.groups()
         parts.append(f"field '{field}': {message}")
     return "; ".join(parts)
 

@@ -176,11 +176,13 @@ class Store:
         return len(rows)
 
     def record_predictions(self, model: str, frame: pd.DataFrame, version: int, scored_at: datetime) -> int:
-        """Write the champion's predictions (``row_id``, ``prediction``, optional ``score``)."""
+        """Write the champion's predictions (``row_id``, ``prediction``, optional ``score``); returns
+        how many stored rows were updated."""
         has_score = "score" in frame.columns
+        written = 0
         with self.engine.begin() as conn:
             for record in frame.to_dict("records"):
-                conn.execute(
+                written += conn.execute(
                     update(observations)
                     .where(and_(observations.c.model == model, observations.c.row_id == str(record["row_id"])))
                     .values(
@@ -189,8 +191,8 @@ class Store:
                         model_version=int(version),
                         scored_at=to_utc_naive(scored_at),
                     )
-                )
-        return len(frame)
+                ).rowcount
+        return written  # rows that exist; an unknown row_id updates nothing
 
     @staticmethod
     def _existing_ids(conn, table: Table, model: str, ids: list[str]) -> set[str]:

@@ -69,7 +69,8 @@ def check_labels(values: pd.Series, config: ModelConfig, *, window: str) -> pd.S
     known = list(config.target.labels or [])
     # Labels may come back from JSON as another type (1 vs "1"); match by value, then by text.
     by_text = {str(label): label for label in known}
-    mapped = values.map(lambda v: v if v in known else by_text.get(str(v), _UNKNOWN))
+    # Return the configured value itself (1.0 or True -> 1), not the incoming one.
+    mapped = values.map(lambda v: known[known.index(v)] if v in known else by_text.get(str(v), _UNKNOWN))
     unknown = mapped.map(lambda v: v is _UNKNOWN)
     if unknown.any():
         examples = sorted({repr(v) for v in values[unknown]})[:3]
@@ -109,6 +110,9 @@ def validate_incoming_labels(frame: pd.DataFrame, config: ModelConfig) -> pd.Dat
             raise DataValidationError(f"{config.name}: {what}: required column '{column}' missing")
     if frame.empty:
         raise DataValidationError(f"{config.name}: {what}: empty (no rows)")
+    duplicated = frame["row_id"][frame["row_id"].duplicated()].unique()
+    if len(duplicated):
+        raise DataValidationError(f"{config.name}: {what}: duplicated row_id(s), e.g. {list(duplicated[:3])}")
     if frame["label"].isna().any():
         raise DataValidationError(f"{config.name}: {what}: {int(frame['label'].isna().sum())} null label(s)")
     at = pd.to_datetime(frame["labelled_at"], errors="coerce", utc=True)
