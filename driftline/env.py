@@ -4,6 +4,7 @@ the project's DAGs and plugins, and the MLflow/store URLs. Set before Airflow is
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -31,10 +32,24 @@ def driftline_env() -> dict[str, str]:
     }
 
 
+def jwt_secret(airflow_home: Path) -> str:
+    """One secret for every Airflow component of this state folder, made once and kept there:
+    components that generate their own reject each other's task tokens ("Invalid auth token")."""
+    path = airflow_home / "jwt_secret"
+    if not path.exists():
+        airflow_home.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def apply() -> dict[str, str]:
     env = driftline_env()
-    os.environ.update(env)
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    env["AIRFLOW__API_AUTH__JWT_SECRET"] = os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET") or jwt_secret(
+        Path(env["AIRFLOW_HOME"])
+    )
+    os.environ.update(env)
     if str(PROJECT_ROOT) not in sys.path:
         sys.path.insert(0, str(PROJECT_ROOT))
     return env

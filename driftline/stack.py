@@ -18,6 +18,12 @@ from driftline import env
 DEV_USER, DEV_PASSWORD = "admin", "admin"
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,54 +63,89 @@ def mlflow_server_command(settings, port: int) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
 
 
-def up(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
-    from ml.settings import get_settings
+class Stack:
+    """Airflow (standalone) and the MLflow server as child process groups, logs under the state folder."""
 
-    for port, what in ((airflow_port, "Airflow"), (mlflow_port, "MLflow"), (8793, "Airflow log server"),
-                       (8794, "Airflow triggerer log server")):
-        if not port_free(port):
-            print(f"driftline up: port {port} ({what}) is in use; stop what holds it or choose another port "
-                  f"(--airflow-port / --mlflow-port)", file=sys.stderr)
-            return 2
-    variables = env.apply()
-    settings = get_settings()
-    env.migrate_airflow_db()
-    seed_dev_login(settings.airflow_home)
-    settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    mlflow_url, airflow_url = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{airflow_port}"
-    child_env = {
-        **os.environ, **variables,
-        "AIRFLOW__API__PORT": str(airflow_port),
-        "AIRFLOW__API__BASE_URL": airflow_url,
-        "DRIFTLINE_MLFLOW_UI_URL": os.environ.get("DRIFTLINE_MLFLOW_UI_URL", mlflow_url),
-        # `airflow standalone` starts its components by name from PATH: put the venv first.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
-    logs = settings.home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    def __init__(self, airflow_port: int = 8080, mlflow_port: int = 5000) -> None:
+        self.airflow_port, self.mlflow_port = airflow_port, mlflow_port
+        self.airflow_url = f"http://127.0.0.1:{airflow_port}"
+        self.mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+        self.procs: list[subprocess.Popen] = []
+        self.logs: Path | None = None
+
+    def check_ports(self) -> str | None:
+        """None if every port is free, else which one is taken."""
+        log_port = int(os.environ.get("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "8793"))
+        trigger_log_port = int(os.environ.get("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", "8794"))
+        for port, what in ((self.airflow_port, "Airflow"), (self.mlflow_port, "MLflow"),
+                           (log_port, "Airflow log server"), (trigger_log_port, "Airflow triggerer log server")):
+            if not port_free(port):
+                return f"port {port} ({what}) is in use"
+        return None
+
+    def start(self) -> None:
+        from ml.settings import get_settings
+
+        variables = env.apply()
+        settings = get_settings()
+        env.migrate_airflow_db()
+        seed_dev_login(settings.airflow_home)
+        settings.artifact_root.mkdir(parents=True, exist_ok=True)
+        child_env = {
+            **os.environ, **variables,
+            "AIRFLOW__API__PORT": str(self.airflow_port),
+            "AIRFLOW__API__BASE_URL": self.airflow_url,
+            "DRIFTLINE_MLFLOW_UI_URL": os.environ.get("DRIFTLINE_MLFLOW_UI_URL", self.mlflow_url),
+            # `airflow standalone` starts its components by name from PATH: put the venv first.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        }
+        self.logs = settings.home / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for name, command in (("mlflow", mlflow_server_command(settings, self.mlflow_port)),
+                              ("airflow", [env.airflow_bin(), "standalone"])):
+            log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+            self.procs.append(subprocess.Popen(command, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
+
+    def wait_ready(self, timeout: float = 300) -> bool:
+        started = time.monotonic()
+        return wait_http(f"{self.mlflow_url}/health", timeout, self.procs) and wait_http(
+            f"{self.airflow_url}/api/v2/monitor/health", max(1.0, timeout - (time.monotonic() - started)), self.procs
+        )
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def stop(self) -> None:
+        stop(self.procs)
+
+
+def up(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
+    stack = Stack(airflow_port, mlflow_port)
+    taken = stack.check_ports()
+    if taken:
+        print(f"driftline up: {taken}; stop what holds it or choose another port (--airflow-port / --mlflow-port)",
+              file=sys.stderr)
+        return 2
 
     def interrupt(signum, frame):  # also when started in the background, where SIGINT may be ignored
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    procs: list[subprocess.Popen] = []
-    for name, command in (("mlflow", mlflow_server_command(settings, mlflow_port)),
-                          ("airflow", [env.airflow_bin(), "standalone"])):
-        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)
-        procs.append(subprocess.Popen(command, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+    from ml.settings import get_settings
+
     try:
-        print(f"Starting MLflow and Airflow (logs in {logs}) ...", flush=True)
-        ok = wait_http(f"{mlflow_url}/health", 120, procs) and wait_http(f"{airflow_url}/api/v2/monitor/health", 240, procs)
-        if not ok:
-            print(f"driftline up: a component did not start; see {logs}/mlflow.log and {logs}/airflow.log",
+        stack.start()
+        print(f"Starting MLflow and Airflow (logs in {stack.logs}) ...", flush=True)
+        if not stack.wait_ready(360):
+            print(f"driftline up: a component did not start; see {stack.logs}/mlflow.log and {stack.logs}/airflow.log",
                   file=sys.stderr)
             return 1
-        print(f"\n  Airflow UI : {airflow_url}   (login {DEV_USER} / {DEV_PASSWORD})")
-        print(f"  MLflow UI  : {mlflow_url}")
-        print(f"  State      : {settings.home}\n\nCtrl-C stops both.", flush=True)
-        while all(p.poll() is None for p in procs):
+        print(f"\n  Airflow UI : {stack.airflow_url}   (login {DEV_USER} / {DEV_PASSWORD})")
+        print(f"  MLflow UI  : {stack.mlflow_url}")
+        print(f"  State      : {get_settings().home}\n\nCtrl-C stops both.", flush=True)
+        while stack.alive():
             time.sleep(1)
         print("driftline up: a component exited; stopping the rest", file=sys.stderr)
         return 1
@@ -112,7 +153,7 @@ def up(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
         print("\nStopping ...", flush=True)
         return 0
     finally:
-        stop(procs)
+        stack.stop()
 
 
 def stop(procs: list[subprocess.Popen], grace: float = 20) -> None:

@@ -22,10 +22,10 @@ class Settings:
     artifact_root: Path
     models_dir: Path
     reports_dir: Path
+    # Where people open the MLflow UI (links from Airflow point here).
+    mlflow_ui_url: str
 
-    @property
-    def airflow_home(self) -> Path:
-        return self.home / "airflow"
+    airflow_home: Path
 
 
 def get_settings() -> Settings:
@@ -40,4 +40,9 @@ def get_settings() -> Settings:
         artifact_root=Path(os.environ.get("DRIFTLINE_ARTIFACT_ROOT", home / "mlartifacts")).resolve(),
         models_dir=Path(os.environ.get("DRIFTLINE_MODELS_DIR", PROJECT_ROOT / "models")).resolve(),
         reports_dir=home / "reports",
+        airflow_home=Path(os.environ.get("AIRFLOW_HOME") or home / "airflow").resolve(),
+        mlflow_ui_url=(
+            os.environ.get("DRIFTLINE_MLFLOW_UI_URL")
+            or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")
+        ).rstrip("/"),
     )
