@@ -26,7 +26,7 @@ from airflow.sdk import (
     task,
 )
 
-from ml import loop
+from ml import links, loop
 from ml.config import ModelConfig, load_all
 from ml.settings import get_settings
 
@@ -48,6 +48,14 @@ def _run_info() -> loop.RunInfo:
         actor=dag_run.triggering_user_name or str(dag_run.run_type),
         params=dict(context["params"]),
     )
+
+
+def _published(result: dict) -> dict:
+    """Publish the step's MLflow links where the Driftline plugin's task-instance buttons read them."""
+    ti = get_current_context()["ti"]
+    for kind, url in (result.get("links") or {}).items():
+        ti.xcom_push(key=links.xcom_key(kind), value=url)
+    return result
 
 
 def _xcom(task_id: str, key: str = "return_value"):
@@ -131,8 +139,8 @@ def build_continuous_training(cfg: ModelConfig):
         def rollback_champion() -> dict:
             guard = _xcom("guard_champion", "guard")
             run = _run_info()
-            return loop.rollback(cfg, loop.RunInfo(run.run_id, "driftline-guard", run.params), int(guard["target"]),
-                                 guard["reason"], automatic=True)
+            return _published(loop.rollback(cfg, loop.RunInfo(run.run_id, "driftline-guard", run.params),
+                                            int(guard["target"]), guard["reason"], automatic=True))
 
         @task
         def keep_champion() -> None:
@@ -147,7 +155,7 @@ def build_continuous_training(cfg: ModelConfig):
 
         @task(doc_md="Evidently drift report and live metric; logged to MLflow as a drift-check run.")
         def check_drift(_windows: dict) -> dict:
-            return loop.check_drift(cfg, _run_info())
+            return _published(loop.check_drift(cfg, _run_info()))
 
         @task.branch(doc_md="Chooses the branch: threshold, schedule, event, demand, or skip. Logs why.")
         def decide(check: dict) -> str:
@@ -169,29 +177,37 @@ def build_continuous_training(cfg: ModelConfig):
 
         # Upstream are only the four retrain markers: a data dependency on check_drift would let the
         # join rule run training after skip_retraining too.
-        @task(trigger_rule=JOIN, retries=RETRIES, retry_delay=RETRY_DELAY)
+        @task(trigger_rule=JOIN, retries=RETRIES, retry_delay=RETRY_DELAY,
+              doc_md=f"Trains a candidate ({cfg.training.strategy} by default), logs it to MLflow with its data "
+                     "window, config and drift report, and registers it as the `challenger`. Links: MLflow run, "
+                     "model version, drift report (Details tab).")
         def train_candidate() -> dict:
-            return loop.train_candidate(cfg, _run_info(), _xcom("decide", "decision"), _xcom("check_drift"))
+            return _published(loop.train_candidate(cfg, _run_info(), _xcom("decide", "decision"), _xcom("check_drift")))
 
-        @task(retries=RETRIES, retry_delay=RETRY_DELAY)
+        @task(retries=RETRIES, retry_delay=RETRY_DELAY,
+              doc_md="Scores champion and challenger on the newest labelled holdout neither trained on; writes the "
+                     "comparison table into the version description and the plot into the run.")
         def evaluate_candidate(candidate: dict) -> dict:
-            return loop.evaluate_candidate(cfg, _run_info(), candidate)
+            return _published(loop.evaluate_candidate(cfg, _run_info(), candidate))
 
-        @task.branch
+        @task.branch(doc_md="`promote` if the floor, minimum improvement and significance gates pass (or a person "
+                            "forced it), else `reject`.")
         def gate(evaluation: dict) -> str:
             outcome = loop.choose_outcome(evaluation, _xcom("decide", "decision"))
             print(f"gate: {evaluation['summary']} -> {outcome}")
             return outcome
 
-        @task(retries=RETRIES, retry_delay=RETRY_DELAY)
+        @task(retries=RETRIES, retry_delay=RETRY_DELAY,
+              doc_md="Moves `champion` to the candidate (old one becomes `previous-champion`, stage Archived).")
         def promote(candidate: dict, evaluation: dict) -> dict:
-            return loop.promote(cfg, _run_info(), candidate, evaluation, _xcom("decide", "decision"))
+            return _published(loop.promote(cfg, _run_info(), candidate, evaluation, _xcom("decide", "decision")))
 
-        @task(retries=RETRIES, retry_delay=RETRY_DELAY)
+        @task(retries=RETRIES, retry_delay=RETRY_DELAY,
+              doc_md="Keeps the champion; tags the candidate `rejected` with the gate's reasons, stage Archived.")
         def reject(candidate: dict, evaluation: dict) -> dict:
-            return loop.reject(cfg, _run_info(), candidate, evaluation)
+            return _published(loop.reject(cfg, _run_info(), candidate, evaluation))
 
-        @task(trigger_rule=JOIN)
+        @task(trigger_rule=JOIN, doc_md="One audit-log entry for the run: drift, decision, registry move, champion.")
         def record() -> dict:
             outcome = _xcom("promote") or _xcom("reject")
             return loop.record(
@@ -252,7 +268,7 @@ mirror follows (Production / Archived). Config: `{cfg.source}`.
         @task(retries=RETRIES, retry_delay=RETRY_DELAY)
         def roll_back(version: int) -> dict:
             run = _run_info()
-            return loop.rollback(cfg, run, version, run.params["reason"], automatic=False)
+            return _published(loop.rollback(cfg, run, version, run.params["reason"], automatic=False))
 
         roll_back(resolve_target())
 
@@ -269,6 +285,12 @@ def build_score(cfg: ModelConfig):
         default_args={"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
         doc_md=f"Batch-scores every stored `{cfg.name}` row without a prediction with "
                f"`models:/{cfg.name}@champion` and writes the predictions back: the next drift check reads them.",
+        params={
+            "reason": Param(None, type=["null", "string"], title="Reason",
+                            description="Why you score now (kept with the run)."),
+            "dry_run": Param(False, type="boolean", title="Dry run",
+                             description="Count and validate the rows that would be scored; write nothing."),
+        },
     )
     def score():
         @task(retries=RETRIES, retry_delay=RETRY_DELAY)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from ml import links
 from ml import registry as reg
 from ml.config import ModelConfig, format_duration
 from ml.settings import Settings, get_settings
@@ -238,7 +239,7 @@ def rollback(config: ModelConfig, run: RunInfo, target: str | int, reason: str, 
     # The restored champion starts a new probation: the guard judges it on rows from now on.
     ctx.registry.set_tags(version, {"promoted_at": (as_of or datetime.now().astimezone()).isoformat()})
     log.info("rollback: v%s -> v%s (%s)", result.get("from_version"), version, reason)
-    return result
+    return {**result, "links": _version_links(ctx, version)}
 
 
 def resolve_rollback_target(config: ModelConfig, target: str) -> int:
@@ -314,7 +315,11 @@ def check_drift(config: ModelConfig, run: RunInfo, *, keep_report: bool = True) 
         "champion_metric": champion.metric if champion else None,
         "champion": champion.version if champion else None,
     }
-    check_run = _log_check(ctx, run, as_of, drift, performance)
+    experiment, check_run = _log_check(ctx, run, as_of, drift, performance)
+    base = ctx.settings.mlflow_ui_url
+    check_links = {"mlflow_run": links.run_url(base, experiment, check_run)}
+    if report_path:
+        check_links["drift_report"] = links.artifact_url(base, experiment, check_run, "drift/drift.html")
     log.info("drift check as of %s: %s; live %s=%s on %s rows", as_of.isoformat(), drift.summary(),
              performance["metric"], _fmt(live), performance["rows"])
     return {
@@ -323,6 +328,7 @@ def check_drift(config: ModelConfig, run: RunInfo, *, keep_report: bool = True) 
         "performance": performance,
         "report_path": str(report_path) if report_path else None,
         "mlflow_run_id": check_run,
+        "links": check_links,
     }
 
 
@@ -330,7 +336,10 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _log_check(ctx: Context, run: RunInfo, as_of: datetime, drift: Any, performance: dict[str, Any]) -> str:
+def _log_check(
+    ctx: Context, run: RunInfo, as_of: datetime, drift: Any, performance: dict[str, Any]
+) -> tuple[str, str]:
+    """Returns (experiment id, run id) of the drift-check run."""
     import mlflow
 
     from ml import tracking
@@ -347,7 +356,7 @@ def _log_check(ctx: Context, run: RunInfo, as_of: datetime, drift: Any, performa
         mlflow.log_dict(drift.to_dict(), "drift/drift.json")
         if drift.report_path:
             mlflow.log_artifact(drift.report_path, "drift")
-        return active.info.run_id
+        return experiment, active.info.run_id
 
 
 def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datetime) -> TriggerInputs:
@@ -516,13 +525,15 @@ def train_candidate(config: ModelConfig, run: RunInfo, decision: dict[str, Any],
         if check.get("report_path") and Path(check["report_path"]).exists():
             mlflow.log_artifact(check["report_path"], "drift")
         mlflow.log_dict(check["drift"], "drift/drift.json")
+        # cloudpickle on purpose (skops refuses tree models' types); keep its notice out of task logs.
+        logging.getLogger("mlflow.sklearn").setLevel(logging.ERROR)
         info = mlflow.sklearn.log_model(
             model, name="model", signature=infer_signature(X, pred), input_example=X.head(5),
             serialization_format="cloudpickle", pip_requirements=_pip_requirements(),
-            registered_model_name=config.name,
         )
         mlflow_run = active.info.run_id
-    version = int(info.registered_model_version)
+    # Through the client: log_model(registered_model_name=...) prints to stderr, which Airflow logs as ERROR.
+    version = int(ctx.registry.client.create_model_version(config.name, info.model_uri, run_id=mlflow_run).version)
     tags = {
         "trigger": decision["kind"], "reasons": "; ".join(decision["reasons"]), "dag_run_id": run.run_id,
         "mlflow_run_id": mlflow_run, "strategy": strategy, "git_commit": tracking.git_commit(),
@@ -531,8 +542,18 @@ def train_candidate(config: ModelConfig, run: RunInfo, decision: dict[str, Any],
     }
     ctx.registry.mark_challenger(version, tags, run_id=run.run_id, actor=run.actor)
     log.info("trained v%s (%s, %s rows %s..%s)", version, strategy, window.rows, window.start, window.end)
-    return {"version": version, "mlflow_run_id": mlflow_run, "strategy": strategy, "window": window.to_dict(),
-            "as_of": as_of.isoformat(), "trigger": decision["kind"], "reasons": list(decision["reasons"])}
+    return {"version": version, "mlflow_run_id": mlflow_run, "experiment_id": experiment, "strategy": strategy,
+            "window": window.to_dict(), "as_of": as_of.isoformat(), "trigger": decision["kind"],
+            "reasons": list(decision["reasons"]), "links": _candidate_links(ctx, experiment, mlflow_run, version)}
+
+
+def _candidate_links(ctx: Context, experiment: str, mlflow_run: str, version: int) -> dict[str, str]:
+    base = ctx.settings.mlflow_ui_url
+    return {
+        "mlflow_run": links.run_url(base, experiment, mlflow_run),
+        "model_version": links.model_version_url(base, ctx.config.name, version),
+        "drift_report": links.artifact_url(base, experiment, mlflow_run, "drift/drift.html"),
+    }
 
 
 def _version_of_run(ctx: Context, run_id: str) -> dict[str, Any] | None:
@@ -542,9 +563,12 @@ def _version_of_run(ctx: Context, run_id: str) -> dict[str, Any] | None:
         if info.tag("dag_run_id") == run_id:
             window = {"rows": info.tag("data_rows"), "start": info.tag("data_start"), "end": info.tag("data_end"),
                       "content_hash": info.tag("data_hash")}
-            return {"version": info.version, "mlflow_run_id": info.tag("mlflow_run_id"),
+            mlflow_run = info.tag("mlflow_run_id")
+            experiment = ctx.registry.client.get_run(mlflow_run).info.experiment_id
+            return {"version": info.version, "mlflow_run_id": mlflow_run, "experiment_id": experiment,
                     "strategy": info.tag("strategy"), "window": window, "as_of": info.tag("data_time"),
-                    "trigger": info.tag("trigger"), "reasons": (info.tag("reasons") or "").split("; ")}
+                    "trigger": info.tag("trigger"), "reasons": (info.tag("reasons") or "").split("; "),
+                    "links": _candidate_links(ctx, experiment, mlflow_run, info.version)}
     return None
 
 
@@ -591,7 +615,7 @@ def evaluate_candidate(config: ModelConfig, run: RunInfo, candidate: dict[str, A
         n_resamples=gate.bootstrap_samples, seed=config.training.random_state, pos_label=config.positive_label,
     )
     table = result.table_markdown()
-    description = _version_description(config, candidate, result, holdout, notes)
+    description = _version_description(config, run, candidate, result, holdout, notes)
     ctx.registry.describe(version, description)
     ctx.registry.set_tags(version, {
         f"eval_{gate.metric}": result.challenger, "eval_champion": result.champion, "eval_improvement": result.improvement,
@@ -607,13 +631,31 @@ def evaluate_candidate(config: ModelConfig, run: RunInfo, candidate: dict[str, A
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
     client.log_text(run_id, table, "evaluation/comparison.md")
+    _log_evaluation_plot(ctx, run_id, result.to_dict())
     client.set_tag(run_id, "driftline.verdict_suggested", result.verdict)
     log.info("evaluation: %s", result.summary())
-    return {**result.to_dict(), "summary": result.summary(), "notes": notes}
+    return {**result.to_dict(), "summary": result.summary(), "notes": notes, "links": candidate.get("links", {})}
 
 
-def _version_description(config: ModelConfig, candidate: dict[str, Any], result: Any, holdout: pd.DataFrame,
-                         notes: list[str]) -> str:
+def _log_evaluation_plot(ctx: Context, run_id: str, evaluation: dict[str, Any]) -> None:
+    from ml.plots import evaluation_figure
+
+    history = [
+        (_time(e["details"]["as_of"]), float(e["details"]["live_metric"]))
+        for e in ctx.store.audit_log(ctx.config.name, ["run"])
+        if (e["details"] or {}).get("live_metric") is not None and e["details"].get("as_of")
+    ]
+    figure = evaluation_figure(evaluation, history, ctx.config.promotion.metric)
+    try:
+        ctx.registry.client.log_figure(run_id, figure, "evaluation/comparison.png")
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+
+def _version_description(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], result: Any,
+                         holdout: pd.DataFrame, notes: list[str]) -> str:
     window = candidate["window"]
     lines = [
         "### Why this version exists",
@@ -627,7 +669,7 @@ def _version_description(config: ModelConfig, candidate: dict[str, Any], result:
         result.table_markdown(),
     ]
     lines += [f"\n> {note}" for note in notes]
-    lines.append(f"\nConfig: `{Path(config.source or '').name}` · Airflow run: `{candidate.get('dag_run_id', '')}`")
+    lines.append(f"\nConfig: `{Path(config.source or '').name}` · Airflow run: `{run.run_id}`")
     return "\n".join(lines)
 
 
@@ -643,11 +685,23 @@ def promote(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], evalua
     reasons = list(evaluation["reasons"])
     if forced:
         reasons.insert(0, f"forced by {run.actor or 'a person'} past the gate")
-    result = ctx.registry.promote(int(candidate["version"]), run_id=run.run_id, actor=run.actor, reasons=reasons,
+    version = int(candidate["version"])
+    if forced:
+        # The description still shows the gate's verdict; say plainly who overrode it and why.
+        current = ctx.registry.client.get_model_version(config.name, str(version)).description or ""
+        if "Promoted by force" not in current:
+            why = run.param("reason", "no reason given")
+            ctx.registry.describe(version, f"> **Promoted by force** by {run.actor or 'a person'}, past the gate: {why}\n\n"
+                                           + current)
+    result = ctx.registry.promote(version, run_id=run.run_id, actor=run.actor, reasons=reasons,
                                   forced=forced, data_time=_time(candidate["as_of"]))
     log.info("promoted v%s (previous champion %s)%s", result["champion"], result["previous_champion"],
              " [forced]" if forced else "")
-    return {**result, "forced": forced}
+    return {**result, "forced": forced, "links": _version_links(ctx, result["champion"])}
+
+
+def _version_links(ctx: Context, version: int) -> dict[str, str]:
+    return {"model_version": links.model_version_url(ctx.settings.mlflow_ui_url, ctx.config.name, version)}
 
 
 def reject(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -655,7 +709,7 @@ def reject(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], evaluat
     result = ctx.registry.reject(int(candidate["version"]), run_id=run.run_id, actor=run.actor,
                                  reasons=list(evaluation["reasons"]))
     log.info("rejected v%s; champion stays v%s", candidate["version"], result["champion"])
-    return result
+    return {**result, "links": _version_links(ctx, int(candidate["version"]))}
 
 
 def record(config: ModelConfig, run: RunInfo, *, guard: dict | None, check: dict | None, decision: dict | None,
@@ -703,6 +757,8 @@ def score(config: ModelConfig, run: RunInfo) -> dict[str, Any]:
     if rows.empty:
         return {"scored": 0, "champion": version, "reason": "nothing new to score"}
     rows = validate_window(rows, config, window="scoring batch")
+    if run.param("dry_run", False):
+        return {"scored": 0, "would_score": len(rows), "champion": version, "reason": "dry run"}
     import mlflow.sklearn
 
     model = mlflow.sklearn.load_model(f"models:/{config.name}@{reg.CHAMPION}")

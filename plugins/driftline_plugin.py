@@ -1,16 +1,22 @@
-"""Driftline's Airflow plugin: a navigation entry that opens the MLflow UI (model registry).
+"""Driftline's Airflow plugin.
+
+- A navigation entry that opens the MLflow model registry.
+- On every task instance, buttons to what the task produced: its MLflow run, the registered model
+  version, the Evidently drift report. Tasks publish those URLs as XComs (``driftline_link_<kind>``);
+  Airflow's own ``XComOperatorLink`` reads them on the api-server, so a task that produced nothing of
+  a kind shows no link of it.
 
 The MLflow URL comes from DRIFTLINE_MLFLOW_UI_URL (``driftline up`` sets it; default
-http://127.0.0.1:5000). Links from task instances to their MLflow runs and versions build on this.
+http://127.0.0.1:5000).
 """
 
 from __future__ import annotations
 
-import os
-
 from airflow.plugins_manager import AirflowPlugin
+from airflow.serialization.definitions.operatorlink import XComOperatorLink
 
-MLFLOW_UI_URL = os.environ.get("DRIFTLINE_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+from ml.links import LINK_NAMES, xcom_key
+from ml.settings import get_settings
 
 
 class DriftlinePlugin(AirflowPlugin):
@@ -18,9 +24,12 @@ class DriftlinePlugin(AirflowPlugin):
     external_views = [  # noqa: RUF012 (AirflowPlugin declares these as class attributes)
         {
             "name": "MLflow models",
-            "href": f"{MLFLOW_UI_URL}/#/models",
+            "href": f"{get_settings().mlflow_ui_url}/#/models",
             "destination": "nav",
             "nav_top_level": True,
             "category": "Driftline",
         }
+    ]
+    global_operator_extra_links = [  # noqa: RUF012
+        XComOperatorLink(name=name, xcom_key=xcom_key(kind)) for kind, name in LINK_NAMES.items()
     ]
