@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import require_service
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="driftline-tests-"))
@@ -51,16 +52,6 @@ def _pg_available() -> str | None:
         return None
     except Exception as exc:  # noqa: BLE001 (any driver or network error means "not here")
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-
-
-def require_service(name: str, problem: str | None, how: str) -> None:
-    """Skip with a message that says what to start; under CI a missing service is a failure."""
-    if problem is None:
-        return
-    message = f"{name} not reachable ({problem}). {how}"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run this test: {message}")
-    pytest.skip(message)
 
 
 @pytest.fixture
