@@ -1,9 +1,17 @@
 """Per-feature data drift between a reference window and a current window, computed by Evidently.
 
-One :class:`~evidently.metrics.ValueDrift` per column inside a single ``Report`` (not the whole
-``DataDriftPreset``, which computes every column three times). Whether a column drifted is
-Evidently's own verdict, read back from the report, never re-derived here. The HTML report is
-rendered only when a path is given.
+Whether a column drifted is always Evidently's own verdict, never re-derived here. Two ways in:
+
+* No HTML wanted (the usual case): each column goes straight through Evidently's stat-test
+  machinery, the same steps :class:`~evidently.metrics.ValueDrift` runs before it draws anything
+  (method and threshold resolved by ``DataDriftOptions``, NaN/inf dropped, method chosen by
+  ``get_stattest``, verdict from the ``StatTest`` itself). ValueDrift would also build histograms,
+  correlations and plotly charts for every column; the decision needs none of them.
+* A report path given: one ``Report`` of one ``ValueDrift`` per column (not the whole
+  ``DataDriftPreset``, which computes every column three times), rendered to HTML, and the verdicts
+  read back from that report, so the kept report and the decision cannot disagree.
+
+tests/test_drift.py checks that both ways give the same methods, thresholds, scores and verdicts.
 
 ``import evidently`` takes seconds and ~300 MB, so it happens inside :func:`compute_drift`: importing
 this module (e.g. while Airflow parses a DAG) stays cheap.
@@ -205,19 +213,125 @@ def compute_drift(
         _validate(reference, current, {prediction_column: prediction_kind})
         columns[prediction_column] = prediction_kind
 
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
-
     dataset_method = {"numerical": num_method, "categorical": cat_method}
     overrides = {f.name: (f.drift_method, f.drift_threshold) for f in features}
-    metrics = []
+    requests: dict[str, tuple[str | None, float | None]] = {}
     for name, kind in columns.items():
         method, threshold = overrides.get(name, (None, None))
         method = method or dataset_method[kind]
         if method is not None:
             _check_method(name, kind, method)
-        metrics.append(ValueDrift(column=name, method=method, threshold=threshold))
+        requests[name] = (method, threshold)
 
+    written: str | None = None
+    if report_path is None:
+        results = {
+            name: _test_column(reference[name], current[name], name, kind, *requests[name])
+            for name, kind in columns.items()
+        }
+    else:
+        path = Path(report_path)
+        results = _run_report(reference, current, columns, requests, path)
+        written = str(path)
+
+    feature_results = tuple(results[n] for n in names)
+    n_drifted = sum(f.drifted for f in feature_results)
+    return DriftResult(
+        features=feature_results,
+        drift_share=n_drifted / len(feature_results),
+        n_reference=len(reference),
+        n_current=len(current),
+        prediction=results[prediction_column] if predict else None,
+        report_path=written,
+    )
+
+
+def _test_column(
+    reference: pd.Series,
+    current: pd.Series,
+    name: str,
+    kind: str,
+    method: str | None,
+    threshold: float | None,
+) -> FeatureDrift:
+    """Evidently's drift verdict for one column without a Report: the decision part of
+    ``get_one_column_drift`` in evidently/legacy/calculations/data_drift.py (which ValueDrift
+    calls), step for step, minus the histograms, correlations and charts it builds for display."""
+    from evidently.legacy.calculations.stattests import get_stattest
+    from evidently.legacy.core import ColumnType
+    from evidently.legacy.options.data_drift import DataDriftOptions
+
+    column_type = ColumnType.Numerical if kind == "numerical" else ColumnType.Categorical
+    # Built exactly as ValueDriftCalculation builds it, so method and threshold resolve the same way.
+    options = DataDriftOptions(all_features_stattest=method, all_features_threshold=threshold)
+    requested = options.get_feature_stattest_func(name, column_type.value)
+    resolved_threshold = options.get_threshold(name, column_type.value)
+    reference, current = _drop_missing(reference), _drop_missing(current)
+    if requested is None:
+        stattest = _default_stattest(reference, current, column_type)
+    else:
+        stattest = get_stattest(reference, current, column_type, requested)
+    result = stattest(reference, current, column_type, resolved_threshold)
+    return FeatureDrift(
+        name=name,
+        kind=kind,
+        method=stattest.name,
+        threshold=float(result.actual_threshold),
+        score=float(result.drift_score),
+        drifted=bool(result.drifted),
+    )
+
+
+def _drop_missing(series: pd.Series) -> pd.Series:
+    """What get_one_column_drift does before testing, ``series.replace([-inf, inf], nan).dropna()``,
+    skipping the replace where it provably matches nothing: it compares every value with +-inf,
+    which for a column of strings costs several times the drop itself."""
+    kind = series.dtype.kind if isinstance(series.dtype, np.dtype) else None  # plain NumPy dtypes only
+    if kind in ("i", "u") or (kind == "f" and not np.isinf(series.to_numpy()).any()):
+        return series.dropna()
+    # Only strings (and gaps) cannot equal inf. Other object columns keep the replace, which may
+    # also change their dtype (e.g. Python ints become int64), exactly as in Evidently.
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) == "string":
+        return series.dropna()
+    return series.replace([-np.inf, np.inf], np.nan).dropna()
+
+
+# Rows of each window shown to Evidently's method chooser first: one more than its small-sample limit.
+_CHOOSER_PREFIX = 1001
+
+
+def _default_stattest(reference: pd.Series, current: pd.Series, column_type: Any) -> Any:
+    """The StatTest Evidently picks when no method is given, chosen by Evidently's own chooser.
+
+    The chooser (``_get_default_stattest`` in evidently/legacy/calculations/stattests/registry.py)
+    sees the data only through two facts: whether the reference has more than 1,000 rows, and
+    whether both windows together hold at most 2, at most 5 or more distinct values. It finds the
+    second by hashing every value of both windows (twice for large numerical columns), which at 1M
+    rows costs more than the drift test itself. Prefixes of 1,001 rows keep the reference on the
+    same side of 1,000 rows; if they already show more than 5 distinct values, so do the full
+    windows, and the chooser takes the same branch on the prefixes as on the full data. Otherwise
+    the chooser gets the full data.
+    """
+    from evidently.legacy.calculations.stattests import get_stattest
+
+    ref_head, cur_head = reference.iloc[:_CHOOSER_PREFIX], current.iloc[:_CHOOSER_PREFIX]
+    if pd.concat([ref_head, cur_head]).nunique() > 5:
+        return get_stattest(ref_head, cur_head, column_type, None)
+    return get_stattest(reference, current, column_type, None)
+
+
+def _run_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    columns: dict[str, str],
+    requests: dict[str, tuple[str | None, float | None]],
+    path: Path,
+) -> dict[str, FeatureDrift]:
+    """One Report of per-column ValueDrift metrics, saved as HTML at ``path``; verdicts read back from it."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+
+    metrics = [ValueDrift(column=name, method=m, threshold=t) for name, (m, t) in requests.items()]
     # Explicit lists for every column type: Evidently then infers nothing, and numeric-looking
     # categorical values stay categorical.
     definition = DataDefinition(
@@ -234,8 +348,7 @@ def compute_drift(
     # evidently/metrics/column_statistics.py. That flag comes from each method's own function in
     # evidently/legacy/calculations/stattests/*.py, which also fixes the direction (ks: p <= t,
     # chisquare/z/...: p < t, wasserstein/jensenshannon/psi: d >= t, ed: d > t; "TVD" is a
-    # permutation p-value, p < t). Reading it back keeps us in step with Evidently by construction.
-    # No other metric is in this report.
+    # permutation p-value, p < t). No other metric is in this report.
     report = Report(metrics, include_tests=True)
     # New API order: current first, reference second.
     snapshot = report.run(
@@ -243,24 +356,9 @@ def compute_drift(
         Dataset.from_pandas(reference.loc[:, selected], data_definition=definition),
     )
     results = _read_snapshot(snapshot.dict(), columns)
-
-    written: str | None = None
-    if report_path is not None:
-        path = Path(report_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.save_html(str(path))  # save_html silently ignores a Path object: pass str
-        written = str(path)
-
-    feature_results = tuple(results[n] for n in names)
-    n_drifted = sum(f.drifted for f in feature_results)
-    return DriftResult(
-        features=feature_results,
-        drift_share=n_drifted / len(feature_results),
-        n_reference=len(reference),
-        n_current=len(current),
-        prediction=results[prediction_column] if predict else None,
-        report_path=written,
-    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(path))  # save_html silently ignores a Path object: pass str
+    return results
 
 
 def _stattest_registry() -> dict[str, dict[Any, Any]]:

@@ -298,3 +298,212 @@ def test_bad_methods_and_types(small):
         compute_drift(reference.assign(x0="high"), current, FEATURES)
     with pytest.raises(DriftInputError, match=r"no features"):
         compute_drift(reference, current, [])
+
+
+# --- direct stat tests (no HTML) vs the ValueDrift report (HTML kept) ------------------------
+#
+# Without a report path compute_drift calls Evidently's stat tests directly; with one it runs a
+# Report and reads the verdicts back. Both must give the same method, threshold, score and verdict
+# for every column: the report is the reference here, compared field by field, exactly.
+
+
+def _mixed_frame(rng: np.random.Generator, n: int, *, shift: bool) -> pd.DataFrame:
+    s = 1.0 if shift else 0.0
+    data = {
+        "normal": rng.normal(0.6 * s, 1.0, n),
+        "normal_quiet": rng.normal(0.0, 1.0, n),
+        "wide": rng.normal(0.0, 1.0 + s, n),
+        "lognormal": rng.lognormal(0.3 * s, 0.8, n),
+        "counts": rng.poisson(3.0 + s, n).astype(float),  # more than 5 distinct values
+        "three_values": rng.choice([0.0, 1.0, 2.0], n, p=[0.2, 0.3, 0.5] if shift else [0.5, 0.3, 0.2]),
+        "binary_num": rng.integers(0, 2, n).astype(float),
+        "colour": rng.choice(["red", "green", "blue", "grey"], n, p=[0.1, 0.2, 0.3, 0.4] if shift else None),
+        "flag": rng.choice(["yes", "no"], n),
+        "code": rng.integers(0, 12, n),  # numeric-looking categorical with many levels
+        "score": rng.random(n) + 0.2 * s,
+    }
+    frame = pd.DataFrame(data)
+    # Gaps and infinities: Evidently drops both before testing, on either path.
+    frame.loc[frame.index[::37], "normal"] = np.nan
+    frame.loc[frame.index[5::53], "lognormal"] = np.inf
+    frame.loc[frame.index[3::41], "colour"] = None
+    return frame
+
+
+MIXED_FEATURES = [
+    *(FeatureSpec(name=c, kind="numerical") for c in
+      ("normal", "normal_quiet", "wide", "lognormal", "counts", "three_values", "binary_num")),
+    FeatureSpec(name="colour", kind="categorical"),
+    FeatureSpec(name="flag", kind="categorical"),
+    FeatureSpec(name="code", kind="categorical"),
+]
+
+
+def _both_paths(reference, current, features, tmp_path, **kwargs) -> tuple[DriftResult, DriftResult]:
+    # empirical_mmd permutes with NumPy's global generator, unseeded, so Evidently's own score
+    # varies from run to run; the same seed before each path makes the two runs comparable.
+    np.random.seed(0)
+    direct = compute_drift(reference, current, features, **kwargs)
+    path = tmp_path / "drift.html"
+    np.random.seed(0)
+    via_report = compute_drift(reference, current, features, report_path=path, **kwargs)
+    assert direct.report_path is None and via_report.report_path == str(path) and path.exists()
+    return direct, via_report
+
+
+def _assert_same(direct: DriftResult, via_report: DriftResult) -> None:
+    # FeatureDrift equality compares name, kind, method, threshold, score and verdict exactly.
+    assert direct.features == via_report.features
+    assert direct.prediction == via_report.prediction
+    assert direct.drift_share == via_report.drift_share
+
+
+@pytest.mark.parametrize(
+    ("seed", "n"),
+    [(1, 300), (2, 1000), (3, 1001), (4, 3000)],  # both sides of Evidently's 1,000-row switch
+)
+def test_direct_and_report_paths_agree_on_defaults(seed, n, tmp_path):
+    rng = np.random.default_rng(seed)
+    reference, current = _mixed_frame(rng, n, shift=False), _mixed_frame(rng, n, shift=True)
+    direct, via_report = _both_paths(reference, current, MIXED_FEATURES, tmp_path, prediction_column="score")
+    _assert_same(direct, via_report)
+    assert direct.prediction is not None
+    methods = {f.name: f.method for f in direct.features}
+    # Evidently counts reference rows after dropping NaN/inf: at 1,001 rows "normal" (every 37th
+    # value missing) is still a small sample, "normal_quiet" is not.
+    large = n > 1000
+    assert methods["normal"] == ("wasserstein" if n > 1100 else "ks")
+    assert methods["normal_quiet"] == ("wasserstein" if large else "ks")
+    assert methods["colour"] == ("jensenshannon" if n > 1100 else "chisquare")
+    assert methods["three_values"] == ("jensenshannon" if large else "chisquare")
+    assert methods["binary_num"] == methods["flag"] == ("jensenshannon" if large else "z")
+    assert methods["code"] == ("jensenshannon" if large else "chisquare")
+    # The injected shifts are found, and the quiet columns pass, so both verdicts are exercised.
+    assert direct["normal"].drifted and direct["wide"].drifted and direct["colour"].drifted
+    assert not direct["normal_quiet"].drifted and not direct["flag"].drifted
+
+
+def test_direct_and_report_paths_agree_on_chosen_methods(tmp_path):
+    rng = np.random.default_rng(5)
+    reference, current = _mixed_frame(rng, 1500, shift=False), _mixed_frame(rng, 1500, shift=True)
+    features = [
+        FeatureSpec(name="normal", kind="numerical", drift_method="psi", drift_threshold=0.2),
+        FeatureSpec(name="normal_quiet", kind="numerical", drift_method="anderson"),
+        FeatureSpec(name="wide", kind="numerical", drift_method="cramer_von_mises"),
+        FeatureSpec(name="lognormal", kind="numerical", drift_method="mannw", drift_threshold=0.01),
+        FeatureSpec(name="counts", kind="numerical", drift_method="hellinger"),
+        FeatureSpec(name="three_values", kind="numerical", drift_method="kl_div"),
+        FeatureSpec(name="binary_num", kind="numerical", drift_threshold=0.5),  # threshold only
+        FeatureSpec(name="colour", kind="categorical", drift_method="g_test"),
+        FeatureSpec(name="flag", kind="categorical", drift_method="fisher_exact"),
+        FeatureSpec(name="code", kind="categorical"),  # dataset-wide cat_method
+    ]
+    direct, via_report = _both_paths(
+        reference, current, features, tmp_path, num_method="ed", cat_method="chisquare",
+        prediction_column="score", prediction_kind="numerical",
+    )
+    _assert_same(direct, via_report)
+    methods = [(f.method, f.threshold) for f in direct.features]
+    assert methods == [
+        ("psi", 0.2), ("anderson", 0.1), ("cramer_von_mises", 0.1), ("mannw", 0.01), ("hellinger", 0.1),
+        ("kl_div", 0.1), ("ed", 0.5), ("g_test", 0.1), ("fisher_exact", 0.1), ("chisquare", 0.05),
+    ]
+    assert (direct.prediction.method, direct.prediction.threshold) == ("ed", 0.1)
+    assert 0 < sum(f.drifted for f in direct.features) < len(features)
+
+
+@pytest.mark.parametrize("num_method", ["ks", "t_test", "es", "wasserstein", "jensenshannon", "empirical_mmd"])
+def test_direct_and_report_paths_agree_per_numeric_method(num_method, tmp_path):
+    rng = np.random.default_rng(sum(map(ord, num_method)))
+    shifts = {"a": 0.0, "b": 0.05, "c": 0.15, "d": 0.5}
+    reference = pd.DataFrame({c: rng.normal(0, 1, 250) for c in shifts})
+    current = pd.DataFrame({c: rng.normal(s, 1, 250) for c, s in shifts.items()})
+    features = [FeatureSpec(name=c, kind="numerical") for c in shifts]
+    direct, via_report = _both_paths(reference, current, features, tmp_path, num_method=num_method)
+    _assert_same(direct, via_report)
+    assert {f.method for f in direct.features} == {num_method}
+    assert direct["d"].drifted
+
+
+def test_direct_and_report_paths_agree_on_categorical_methods(tmp_path):
+    # TVD is a 100-round permutation test in pure Python: small samples keep it quick.
+    rng = np.random.default_rng(8)
+    reference, current = _mixed_frame(rng, 200, shift=False), _mixed_frame(rng, 200, shift=True)
+    features = [
+        FeatureSpec(name="colour", kind="categorical"),
+        FeatureSpec(name="flag", kind="categorical", drift_method="psi"),
+        FeatureSpec(name="code", kind="categorical", drift_method="jensenshannon", drift_threshold=0.05),
+    ]
+    direct, via_report = _both_paths(reference, current, features, tmp_path, cat_method="TVD")
+    _assert_same(direct, via_report)
+    assert [(f.method, f.threshold) for f in direct.features] == [
+        ("TVD", 0.1), ("psi", 0.1), ("jensenshannon", 0.05)
+    ]
+    assert direct["colour"].drifted
+
+
+def test_direct_and_report_paths_agree_on_categorical_prediction(frames, tmp_path):
+    reference = frames["reference"].assign(prediction=lambda d: (d["x0"] > 0).astype(int))
+    current = frames["shifted"].assign(prediction=lambda d: (d["x0"] > 0).astype(int))
+    direct, via_report = _both_paths(
+        reference, current, FEATURES, tmp_path, prediction_column="prediction", prediction_kind="categorical"
+    )
+    _assert_same(direct, via_report)
+    assert direct.prediction.drifted
+
+
+def test_method_chooser_prefix_takes_evidentlys_branch():
+    """compute_drift lets Evidently choose the default method on 1,001-row prefixes when those
+    already hold more than 5 distinct values; the choice must equal Evidently's on the full data,
+    including data whose prefix looks different from the rest."""
+    from evidently.legacy.calculations.stattests import get_stattest
+    from evidently.legacy.core import ColumnType
+
+    from ml.drift import _default_stattest
+
+    rng = np.random.default_rng(9)
+    cases = []
+    for n in (50, 999, 1000, 1001, 1002, 2500):
+        for distinct in (1, 2, 3, 5, 6, 40):
+            values = rng.integers(0, distinct, 2 * n).astype(float)
+            cases.append((values[:n], values[n:]))
+        # Constant at first, varied later: the prefix cannot tell, so the full data decides.
+        late = np.concatenate([np.zeros(min(n, 1200)), rng.normal(size=max(0, n - 1200))])[:n]
+        cases.append((late, np.zeros(n)))
+        cases.append((rng.normal(size=n), rng.normal(size=n)))
+    for ref_values, cur_values in cases:
+        for column_type, convert in ((ColumnType.Numerical, float), (ColumnType.Categorical, str)):
+            reference = pd.Series(ref_values).map(convert)
+            current = pd.Series(cur_values).map(convert)
+            expected = get_stattest(reference, current, column_type, None)
+            assert _default_stattest(reference, current, column_type) == expected, (
+                len(reference), reference.nunique(), column_type
+            )
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        pd.Series([0.5, np.nan, 2.0, 3.0]),
+        pd.Series([0.5, np.inf, -np.inf, np.nan]),
+        pd.Series([1, 2, 3], dtype="int64"),
+        pd.Series([1, 2, 3], dtype="uint8"),
+        pd.Series(["a", None, "b", np.nan]),
+        pd.Series(["a", "b", np.inf]),  # a string column with a float inf in it
+        pd.Series([1, 2, 3], dtype=object),  # the replace turns these into int64
+        pd.Series([1.5, np.inf, "x"], dtype=object),
+        pd.Series([True, False, True]),
+        pd.Series(["a", "b", None], dtype="category"),
+        pd.Series([1, None, 3], dtype="Int64"),
+        pd.Series([1.5, None, np.inf], dtype="Float64"),
+        pd.Series(["a", None, "c"], dtype="string"),
+    ],
+    ids=lambda s: str(s.dtype) + ":" + ",".join(map(str, s.tolist())),
+)
+def test_drop_missing_matches_evidentlys_cleaning(series):
+    """The direct path skips Evidently's replace(+-inf) where it cannot match; the result must be
+    what Evidently's own cleaning in get_one_column_drift gives: same values, dtype and index."""
+    from ml.drift import _drop_missing
+
+    expected = series.replace([-np.inf, np.inf], np.nan).dropna()
+    pd.testing.assert_series_equal(_drop_missing(series), expected)
