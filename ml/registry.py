@@ -7,14 +7,21 @@ either -> Archived) because users still look at the stage column, though MLflow 
 Every move is ordered so that the model is never without a champion (the champion alias is moved
 in one atomic write, never deleted) and so that re-running a move after a crash at any step
 converges to the same state. Each move ends in one audit-log entry.
+
+Every move that changes aliases holds the model's lock (``Store.model_lock``: a PostgreSQL advisory
+lock, or a file lock next to a SQLite store) and reads the aliases only once it holds it, so moves
+of one model never interleave, whichever process, thread or machine makes them (MLflow itself has
+no compare-and-set: the last writer of an alias wins).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ml.store import Store
 
@@ -24,6 +31,7 @@ PREVIOUS = "previous-champion"
 TAG = "driftline."
 STAGE_FOR_ALIAS = {CHAMPION: "Production", CHALLENGER: "Staging"}
 _TAG_LIMIT = 4900  # MLflow caps tag values at 5000 characters
+_Move = TypeVar("_Move", bound=Callable[..., Any])
 
 
 class RegistryError(RuntimeError):
@@ -32,6 +40,17 @@ class RegistryError(RuntimeError):
 
 def checkpoint(step: str) -> None:
     """Called between registry writes. Does nothing; tests replace it to inject a crash at a step."""
+
+
+def _locked(move: _Move) -> _Move:
+    """Run a registry move under its model's lock."""
+
+    @functools.wraps(move)
+    def wrapper(self: Registry, *args: Any, **kwargs: Any) -> Any:
+        with self.store.model_lock(self.name):
+            return move(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -131,12 +150,14 @@ class Registry:
     def describe(self, version: int, markdown: str) -> None:
         self.client.update_model_version(self.name, str(version), description=markdown)
 
+    @_locked
     def mark_challenger(self, version: int, tags: dict[str, Any], *, run_id: str | None, actor: str | None) -> None:
         self.set_tags(version, {**tags, "verdict": "pending"})
         self.client.set_registered_model_alias(self.name, CHALLENGER, str(version))
         self.sync_stages()
         self._audit_once("registered", version, run_id=run_id, actor=actor, details=tags)
 
+    @_locked
     def promote(
         self,
         version: int,
@@ -150,8 +171,24 @@ class Registry:
         """Make ``version`` the champion. Order: tag the winner, point ``previous-champion`` at the
         old champion, move ``champion`` (one atomic write), clear ``challenger``, mirror stages,
         audit. A crash anywhere leaves the old champion (or the new one) in place, and a re-run
-        finishes the job."""
+        finishes the job.
+
+        Racing promotions: the champion is read under the model's lock, so it may differ from the
+        one the caller's gate compared with (another promotion got the lock first). The later
+        registration wins, whatever the order the callers get the lock in:
+        - the champion now is older than ``version`` (or there is none): ``version`` replaces it,
+          and ``previous-champion`` (and the ``previous_champion`` tag) name the version it actually
+          replaced;
+        - the champion now is newer than ``version``: ``version`` is not promoted, since an older
+          model must never silently replace a newer one (going back is what ``rollback`` is for). It
+          is recorded as rejected, superseded by the champion, and the result's ``action`` is
+          ``"rejected"``."""
         current = self.champion()
+        if current is not None and current > version:
+            why = (f"superseded: v{current}, registered after v{version}, became champion before this "
+                   f"promotion could be made")
+            result = self.reject(version, run_id=run_id, actor=actor, reasons=[why])
+            return {**result, "previous_champion": self.version_for(PREVIOUS), "superseded_by": current}
         if current != version:
             self.set_tags(
                 version,
@@ -180,6 +217,7 @@ class Registry:
         self._audit_once("promoted", version, run_id=run_id, actor=actor, details=details)
         return {"action": "promoted", "champion": version, "previous_champion": previous}
 
+    @_locked
     def reject(self, version: int, *, run_id: str | None, actor: str | None, reasons: list[str]) -> dict[str, Any]:
         """The champion stays; the candidate is tagged rejected and archived."""
         if self.champion() == version:
@@ -213,6 +251,7 @@ class Registry:
             raise RegistryError(f"{self.name} has no version {version} (versions: {sorted(known)})")
         return version
 
+    @_locked
     def rollback(
         self, to_version: int, *, run_id: str | None, actor: str | None, reason: str, automatic: bool = False
     ) -> dict[str, Any]:

@@ -7,10 +7,17 @@ Every write is one transaction: a batch is stored whole or not at all.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -28,9 +35,11 @@ from sqlalchemy import (
     create_engine,
     func,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 
 metadata = MetaData()
 
@@ -109,6 +118,13 @@ def _json_safe(value: Any) -> Any:
 
 
 _engines: dict[str, Engine] = {}
+_held = threading.local()  # (store url, model) -> depth, so a thread may nest model_lock
+_memory_locks: dict[str, threading.Lock] = {}
+_memory_locks_guard = threading.Lock()
+
+
+class ModelLockTimeout(TimeoutError):
+    """Another registry move of the same model held its lock for longer than the caller would wait."""
 
 
 def get_engine(url: str) -> Engine:
@@ -129,6 +145,88 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = get_engine(url)
+
+    # ---- locks --------------------------------------------------------------------------------
+
+    @contextmanager
+    def model_lock(self, model: str, timeout: float = 300.0) -> Iterator[None]:
+        """Hold the one lock per model that registry moves take, so that moves of one model never
+        interleave, across threads, processes and (on PostgreSQL) machines sharing this store.
+
+        PostgreSQL: a transaction-level advisory lock on a 64-bit hash of the name, held on a
+        connection of its own; the server releases it at the end of the transaction, also when the
+        holder dies. SQLite: ``flock`` on ``locks/<model>.lock`` next to the database file (the state
+        folder); the kernel releases it when the holder dies. Re-entrant within a thread. Waits at most
+        ``timeout`` seconds, then raises ``ModelLockTimeout``."""
+        key = (self.url, model)
+        depth = getattr(_held, "depth", None)
+        if depth is None:
+            depth = _held.depth = {}
+        if depth.get(key):
+            depth[key] += 1
+            try:
+                yield
+            finally:
+                depth[key] -= 1
+            return
+        with self._acquire(model, timeout):
+            depth[key] = 1
+            try:
+                yield
+            finally:
+                del depth[key]
+
+    @contextmanager
+    def _acquire(self, model: str, timeout: float) -> Iterator[None]:
+        if self.engine.dialect.name == "postgresql":
+            digest = hashlib.blake2b(f"driftline.model:{model}".encode(), digest_size=8).digest()
+            with self.engine.connect() as conn, conn.begin():
+                # A server-wide idle-in-transaction timeout would end the transaction, and the lock
+                # with it, while a move is still running.
+                conn.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+                conn.execute(text(f"SET LOCAL lock_timeout = '{max(1, int(timeout * 1000))}ms'"))
+                try:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": int.from_bytes(digest, "big", signed=True)})
+                except OperationalError as exc:
+                    if getattr(exc.orig, "pgcode", None) == "55P03":  # lock_not_available
+                        raise _lock_timeout(model, timeout) from None
+                    raise
+                yield
+            return
+        if self.engine.dialect.name != "sqlite":
+            raise ValueError(f"model_lock supports PostgreSQL and SQLite stores, not {self.engine.dialect.name}")
+        database = make_url(self.url).database
+        if not database or database == ":memory:":
+            # An in-memory database lives in this process only, and so do its users.
+            with _memory_locks_guard:
+                lock = _memory_locks.setdefault(model, threading.Lock())
+            if not lock.acquire(timeout=timeout):
+                raise _lock_timeout(model, timeout)
+            try:
+                yield
+            finally:
+                lock.release()
+            return
+        folder = Path(database).resolve().parent / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", model) + ".lock")
+        # flock (not lockf): each open() is its own lock owner, so threads of one process exclude
+        # each other too.
+        with open(path, "a+b") as handle:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise _lock_timeout(model, timeout) from None
+                    time.sleep(0.02)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -372,6 +470,12 @@ class Store:
             query = query.where(audit.c.action.in_(list(actions)))
         with self.engine.connect() as conn:
             return [{**row._asdict(), "at": from_db_time(row.at)} for row in conn.execute(query.order_by(audit.c.id))]
+
+
+def _lock_timeout(model: str, timeout: float) -> ModelLockTimeout:
+    return ModelLockTimeout(
+        f"model {model!r}: another registry move held its lock for more than {timeout:g} s; retry later"
+    )
 
 
 def _to_frame(rows: Sequence[Any], feature_names: Sequence[str]) -> pd.DataFrame:

@@ -11,8 +11,10 @@ real, independent store). Logging a tiny model version costs ~0.1 s.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import threading
 import time
 import warnings
 from datetime import UTC, datetime
@@ -23,13 +25,14 @@ import mlflow.sklearn
 import numpy as np
 import pandas as pd
 import pytest
+import registry_race as race
 from sklearn.linear_model import LogisticRegression
 
 from ml import loop, registry, tracking
 from ml.registry import CHALLENGER, CHAMPION, PREVIOUS, TAG, Registry, RegistryError
 from ml.settings import get_settings
 from ml.simulator import CreditDefaultSimulator
-from ml.store import Store
+from ml.store import ModelLockTimeout, Store
 from ml.training import fit_full, predict
 
 NAME = "reg_model"
@@ -667,3 +670,234 @@ def test_score_without_a_champion_writes_nothing(fresh, config):
     assert rows["model_version"].isna().all()
     assert rows["prediction"].isna().all()
     assert rows["score"].isna().all()
+
+
+# ---- 8. one move at a time per model: the model lock ----------------------------------------------
+
+
+def assert_one_history(r: Registry) -> None:
+    """Replay the audit log: every promotion replaced the champion of its time, every rollback
+    demoted it, nothing rejected was the champion; and the aliases, stages and verdicts are where the
+    log leaves them. Two moves that interleave break this: both replace the same champion."""
+    champion = previous = None
+    verdict: dict[int, str] = {}
+    for e in r.store.audit_log(r.name):
+        action, version, details = e["action"], e["version"], e["details"]
+        if action == "registered":
+            verdict[version] = "pending"
+        elif action == "promoted":
+            assert details["previous_champion"] == champion, (
+                f"v{version} was promoted over v{details['previous_champion']} while v{champion} was champion"
+            )
+            previous, champion = champion, version
+            verdict[version] = "promoted"
+        elif action == "rejected":
+            assert version != champion, f"v{version} was rejected while champion"
+            verdict[version] = "rejected"
+        elif action == "rolled_back":
+            assert details["from_version"] == champion, f"rollback from v{details['from_version']}, not v{champion}"
+            verdict[champion], verdict[version] = "rolled_back", "promoted"
+            before = r.info(version).tag("previous_champion")
+            champion, previous = version, (int(before) if before and int(before) != version else None)
+    assert (r.champion(), r.version_for(PREVIOUS)) == (champion, previous)
+    held = stages(r)
+    assert [v for v, stage in held.items() if stage == "Production"] == [champion]
+    assert {v for v, stage in held.items() if stage == "Staging"} == {r.version_for(CHALLENGER)} - {None, champion}
+    assert {v: verdicts(r)[v] for v in verdict} == verdict
+
+
+def _race_setup(r: Registry) -> None:
+    """v1 champion; v2 and then v3 trained and registered (v3 holds the challenger alias)."""
+    assert make_versions(3) == [1, 2, 3]
+    promote(r, 1, "setup-1")
+    r.mark_challenger(2, {"trigger": "drift"}, run_id="train-a", actor=None)
+    r.mark_challenger(3, {"trigger": "event"}, run_id="train-b", actor=None)
+
+
+# Two runs each decided, against v1, to promote their own candidate.
+RACING_PROMOTIONS = {"a": ("promote", 2, "race-a"), "b": ("promote", 3, "race-b")}
+SETUP_AUDIT = [("promoted", 1, "setup-1", "alice"), ("registered", 2, "train-a", None),
+               ("registered", 3, "train-b", None)]
+
+
+def assert_later_registration_won(r: Registry, first: str) -> None:
+    """The state two promotions of v2 (run a) and v3 (run b) leave when ``first`` got the lock first."""
+    assert_one_history(r)
+    assert stages(r) == {1: "Archived", 2: "Archived", 3: "Production"}
+    if first == "a":  # v2 replaced v1, then v3 replaced v2
+        assert aliases(r) == {CHAMPION: 3, PREVIOUS: 2, CHALLENGER: None}
+        assert verdicts(r) == {1: "promoted", 2: "promoted", 3: "promoted"}
+        assert audit_rows(r) == [*SETUP_AUDIT, ("promoted", 2, "race-a", "race-a"), ("promoted", 3, "race-b", "race-b")]
+        assert r.info(3).tag("previous_champion") == "2"
+    else:  # v3 replaced v1; v2, older than the champion it found, was not promoted
+        assert aliases(r) == {CHAMPION: 3, PREVIOUS: 1, CHALLENGER: None}
+        assert verdicts(r) == {1: "promoted", 2: "rejected", 3: "promoted"}
+        assert audit_rows(r) == [*SETUP_AUDIT, ("promoted", 3, "race-b", "race-b"), ("rejected", 2, "race-a", "race-a")]
+        assert r.info(2).tag("rejected_reasons") == (
+            "superseded: v3, registered after v2, became champion before this promotion could be made"
+        )
+
+
+@pytest.mark.parametrize("first", ["a", "b"])
+def test_promotions_in_either_order_leave_the_later_registration_champion(reg, first):
+    """The rule a promotion applies to the champion it finds once it holds the lock (its caller's view
+    may be stale), shown one after the other in both orders."""
+    _race_setup(reg)
+    second = "b" if first == "a" else "a"
+    results = {racer: race.act(open_registry(), RACING_PROMOTIONS[racer]) for racer in (first, second)}
+
+    assert_later_registration_won(open_registry(), first)
+    if first == "a":
+        assert results == {"a": {"action": "promoted", "champion": 2, "previous_champion": 1},
+                           "b": {"action": "promoted", "champion": 3, "previous_champion": 2}}
+    else:
+        assert results == {"b": {"action": "promoted", "champion": 3, "previous_champion": 1},
+                           "a": {"action": "rejected", "champion": 3, "rejected": 2, "previous_champion": 1,
+                                 "superseded_by": 3}}
+        # A retried task repeats the refusal and writes nothing more.
+        before = snapshot(open_registry())
+        assert race.act(open_registry(), RACING_PROMOTIONS["a"]) == results["a"]
+        assert snapshot(open_registry()) == before
+
+
+RACE_WAIT = 2.0  # how long the racer inside waits for the other; with the lock the other never comes
+
+
+def _backend(request, monkeypatch) -> str:
+    if request.param == "postgresql":
+        monkeypatch.setenv("DRIFTLINE_STORE_URL", request.getfixturevalue("pg_url"))
+    return get_settings().store_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def race_reg(request, fresh, monkeypatch) -> Registry:
+    """A registry set up for the race, its store (and so its lock) on SQLite or PostgreSQL; MLflow
+    stays on the home's SQLite file."""
+    assert _backend(request, monkeypatch).startswith(request.param)
+    r = open_registry()
+    _race_setup(r)
+    return r
+
+
+@pytest.mark.parametrize("racers", ["threads", "processes"])
+def test_racing_promotions_end_with_one_champion(race_reg, racers):
+    """Two promotions reach the registry at once. The racer that gets the lock waits inside for the
+    other to reach a checkpoint too; it never does (the lock holds it back), and the two moves run one
+    after the other: one champion (the later registration), previous-champion the version it replaced,
+    one Production version, one audit entry per move, in the order the lock was taken."""
+    run = race.race_threads if racers == "threads" else race.race_processes
+    outcome = run(NAME, RACING_PROMOTIONS, RACE_WAIT)
+
+    outcome.check_errors()
+    assert outcome.met == {"a": False, "b": False}
+    assert not outcome.interleaved, outcome.steps
+    assert_later_registration_won(open_registry(), outcome.first)
+
+
+def test_without_the_lock_the_same_race_breaks_the_history(reg, monkeypatch):
+    """The race above is real: with the model lock made a no-op, both promotions read v1 as champion
+    and meet inside their moves. Then either both finish, each claiming to have replaced v1, or their
+    alias writes collide in MLflow (its alias write is a read-then-insert) and one fails half-way."""
+    _race_setup(reg)
+    monkeypatch.setattr(Store, "model_lock", lambda self, model, timeout=300.0: contextlib.nullcontext())
+
+    outcome = race.race_threads(NAME, RACING_PROMOTIONS, wait=60)
+
+    assert outcome.met == {"a": True, "b": True}  # both inside their moves at once
+    errors = [result for result in outcome.results.values() if isinstance(result, str)]
+    if errors:
+        collision = ("MlflowException: (sqlite3.IntegrityError) UNIQUE constraint failed: "
+                     "registered_model_aliases.workspace, registered_model_aliases.name, registered_model_aliases.alias")
+        assert [e.split("\n")[0] for e in errors] == [collision]
+    else:
+        assert [r["previous_champion"] for r in outcome.results.values()] == [1, 1]
+        with pytest.raises(AssertionError, match=r"was promoted over v1 while v[23] was champion"):
+            assert_one_history(open_registry())
+
+
+def test_a_promotion_racing_a_rollback_leaves_one_history(reg):
+    """A person rolls v2 back to v1 while a run promotes v3 (both looked at v2 as champion)."""
+    chain(reg, third_promoted=False)
+    moves = {"rollback": ("rollback", 1, "by-hand"), "promote": ("promote", 3, "ct-run")}
+
+    outcome = race.race_threads(NAME, moves, RACE_WAIT)
+
+    outcome.check_errors()
+    assert not outcome.interleaved, outcome.steps
+    r = open_registry()
+    assert_one_history(r)
+    if outcome.first == "rollback":  # v1 restored, then v3 (newer) replaces it
+        assert aliases(r) == {CHAMPION: 3, PREVIOUS: 1, CHALLENGER: None}
+        assert outcome.results["rollback"]["from_version"] == 2
+    else:  # v3 promoted over v2, then the person's explicit target wins
+        assert aliases(r) == {CHAMPION: 1, PREVIOUS: None, CHALLENGER: None}
+        assert outcome.results["rollback"]["from_version"] == 3
+
+
+# ---- 9. the lock itself ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def lock_store(request, home, monkeypatch) -> Store:
+    monkeypatch.delenv("DRIFTLINE_STORE_URL", raising=False)
+    return Store(_backend(request, monkeypatch))
+
+
+def _try_lock(store: Store, model: str, timeout: float) -> str:
+    """Take the lock from another thread (another lock owner); say how it went."""
+    outcome: list[str] = []
+
+    def take() -> None:
+        try:
+            with store.model_lock(model, timeout=timeout):
+                outcome.append("acquired")
+        except ModelLockTimeout as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join(30)
+    return outcome[0]
+
+
+def test_model_lock_excludes_other_owners_of_the_same_model_only(lock_store):
+    with lock_store.model_lock("m1"):
+        assert _try_lock(lock_store, "m1", 0.3) == (
+            "model 'm1': another registry move held its lock for more than 0.3 s; retry later"
+        )
+        assert _try_lock(lock_store, "m2", 5) == "acquired"
+        with lock_store.model_lock("m1"):  # re-entrant in the holding thread
+            pass
+        assert _try_lock(lock_store, "m1", 0.3).startswith("model 'm1': another registry move held")
+    assert _try_lock(lock_store, "m1", 5) == "acquired"
+
+
+def test_model_lock_is_released_when_the_move_fails(lock_store):
+    with pytest.raises(RegistryError), lock_store.model_lock("m1"):
+        raise RegistryError("the move failed")
+    assert _try_lock(lock_store, "m1", 5) == "acquired"
+
+
+def test_sqlite_lock_file_lives_next_to_the_store(home):
+    store = Store(f"sqlite:///{home / 'store.db'}")
+    with store.model_lock("credit/default"):
+        assert [p.name for p in (home / "locks").iterdir()] == ["credit_default.lock"]
+
+
+def test_moves_hold_the_lock_while_they_write(reg, monkeypatch):
+    """Every checkpoint of every move runs with the model's lock held."""
+    chain(reg, third_promoted=False)
+    make_versions(1)
+    held: list[tuple[str, str]] = []
+    monkeypatch.setattr(registry, "checkpoint", lambda step: held.append((step, _try_lock(reg.store, NAME, 0.05))))
+
+    reg.mark_challenger(4, {}, run_id="r4", actor=None)
+    reg.promote(3, run_id="p3", actor=None, reasons=[], data_time=DATA_TIME)
+    reg.reject(4, run_id="r4", actor=None, reasons=[])
+    reg.rollback(2, run_id="rb", actor=None, reason="x")
+
+    assert [step for step, _ in held] == CHECKPOINTS
+    assert {outcome for _, outcome in held} == {
+        f"model '{NAME}': another registry move held its lock for more than 0.05 s; retry later"
+    }
+    assert _try_lock(reg.store, NAME, 1) == "acquired"
