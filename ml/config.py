@@ -152,10 +152,14 @@ class TriggerPolicy(_Strict):
     max_relative_drop: float | None = Field(default=None, gt=0, lt=1)
     max_model_age: Duration | None = None
     cooldown: Duration = timedelta(0)
+    # After the gate rejected a candidate, hold automatic retrains back this long, and count the
+    # champion's age (max_model_age) from that rejection: the champion has just beaten a model
+    # trained on the newest data, so retraining again at once mostly repeats that. None: neither.
+    rejection_backoff: Duration | None = None
     min_new_labels: int = Field(default=0, ge=0)
     on_new_labels: bool = True
 
-    @field_validator("max_model_age", "cooldown", mode="before")
+    @field_validator("max_model_age", "cooldown", "rejection_backoff", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return None if value is None else parse_duration(value)

@@ -3,8 +3,8 @@
 Kinds, highest priority first: ``manual`` (a person asked), ``threshold`` (drift share, prediction
 drift, metric floor or relative drop crossed), ``event`` (new labelled data announced), ``time``
 (the champion's data is older than ``max_model_age``, or there is no champion), ``none``.
-Cooldown and minimum-new-labels rules hold back the automatic kinds; a manual request is not held
-back (``force`` goes further and promotes past the gate: see the evaluation step).
+Cooldown, rejection-backoff and minimum-new-labels rules hold back the automatic kinds; a manual
+request is not held back (``force`` goes further and promotes past the gate: see the evaluation step).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class TriggerInputs:
     reference_metric: float | None = None  # the champion's own evaluation at promotion
     model_age: timedelta | None = None  # data time since the end of the champion's training window
     since_last_retrain: timedelta | None = None  # None: never retrained
+    since_last_rejection: timedelta | None = None  # data time since the last rejected candidate's; None: none yet
     new_labels: int = 0  # labelled rows newer than the champion's training data
     pending_event_rows: tuple[int, ...] = ()  # rows announced by each unconsumed new-labels event
     manual: bool = False
@@ -139,20 +140,24 @@ def decide(policy: TriggerPolicy, facts: TriggerInputs) -> Decision:
         rows = sum(facts.pending_event_rows)
         count = len(facts.pending_event_rows)
         candidates.append(("event", [f"{count} new-labels event(s) announced {rows} labelled rows"]))
+    revalidated = (
+        policy.rejection_backoff is not None
+        and facts.since_last_rejection is not None
+        and facts.model_age is not None
+        and facts.since_last_rejection < facts.model_age
+    )
+    # With a rejection backoff, a rejected candidate re-validated the champion on the newest data:
+    # the time rule then counts from that rejection, not from the end of the champion's data.
+    age = facts.since_last_rejection if revalidated else facts.model_age
     if not facts.has_champion:
         candidates.append(("time", ["no champion yet: train the first one"]))
-    elif policy.max_model_age is not None and facts.model_age is not None and facts.model_age >= policy.max_model_age:
-        candidates.append(
-            (
-                "time",
-                [
-                    (
-                        f"champion's data is {format_duration(facts.model_age)} old, "
-                        f">= max age {format_duration(policy.max_model_age)}"
-                    )
-                ],
-            )
+    elif policy.max_model_age is not None and age is not None and age >= policy.max_model_age:
+        what = "champion last beat a candidate" if revalidated else "champion's data is"
+        reason = (
+            f"{what} {format_duration(age)} {'ago' if revalidated else 'old'}, "
+            f">= max age {format_duration(policy.max_model_age)}"
         )
+        candidates.append(("time", [reason]))
     if not candidates:
         return Decision("none", ())
 
@@ -162,6 +167,12 @@ def decide(policy: TriggerPolicy, facts: TriggerInputs) -> Decision:
             holds.append(
                 f"cooldown: last retrain {format_duration(facts.since_last_retrain)} ago "
                 f"< {format_duration(policy.cooldown)}"
+            )
+        backoff = policy.rejection_backoff
+        if backoff is not None and facts.since_last_rejection is not None and facts.since_last_rejection < backoff:
+            holds.append(
+                f"backoff: a candidate was rejected {format_duration(facts.since_last_rejection)} ago "
+                f"< {format_duration(backoff)} (the champion beat a model trained on the newest data)"
             )
         if facts.new_labels < policy.min_new_labels:
             holds.append(f"only {facts.new_labels} new labelled rows < {policy.min_new_labels} required")

@@ -62,6 +62,14 @@ def test_shipped_config_loads_with_its_values(config):
     assert config.promotion.metric == "roc_auc"
     assert config.greater_is_better is True
     assert config.rollback.min_labelled_rows == 400
+    assert config.triggers.rejection_backoff is None  # not set in the shipped file: no backoff
+
+
+def test_rejection_backoff_is_a_duration(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["triggers"]["rejection_backoff"] = "4w"
+    config = load_config(_write(tmp_path, data))
+    assert config.triggers.rejection_backoff == timedelta(weeks=4)
 
 
 def test_snapshot_is_json_ready_and_uses_the_yaml_alias(config):
@@ -349,7 +357,7 @@ def test_name_must_be_an_identifier(tmp_path):
 @pytest.mark.parametrize(
     "section, key",
     [("windows", "training"), ("windows", "current"), ("windows", "reference"), ("triggers", "cooldown"),
-     ("triggers", "max_model_age")],
+     ("triggers", "max_model_age"), ("triggers", "rejection_backoff")],
 )
 def test_bad_duration(tmp_path, section, key):
     path, message = _bad(tmp_path, lambda d: d[section].__setitem__(key, "5 parsecs"))

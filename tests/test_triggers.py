@@ -271,6 +271,40 @@ def test_cooldown_passed_or_never_retrained():
     assert decide(policy(), facts(drift_share=0.6, since_last_retrain=None)).kind == "threshold"
 
 
+def test_rejection_backoff_holds_back_automatic_kinds():
+    backoff = policy(rejection_backoff="4w")
+    aged = facts(model_age=timedelta(days=9), since_last_rejection=timedelta(days=10))
+    decision = decide(backoff, aged)
+    assert decision.kind == "none"
+    assert decision.reasons[0].startswith("champion's data is 9d old")  # what fired is still reported
+    assert decision.held_back == (
+        "backoff: a candidate was rejected 10d ago < 4w (the champion beat a model trained on the newest data)",
+    )
+    assert decide(backoff, facts(drift_share=0.6, since_last_rejection=timedelta(days=1))).kind == "none"
+    # Backoff over, no rejection yet, or no backoff configured: the rule fires.
+    assert decide(backoff, facts(model_age=timedelta(days=9), since_last_rejection=timedelta(weeks=4))).kind == "time"
+    assert decide(backoff, facts(model_age=timedelta(days=9), since_last_rejection=None)).kind == "time"
+    assert decide(policy(), aged).kind == "time"
+
+
+def test_rejection_backoff_counts_the_age_from_the_last_rejection():
+    backoff = policy(rejection_backoff="1d")
+    # The champion's data is 9 days old, but a candidate lost to it 2 days ago: not stale yet (max 5d).
+    assert decide(backoff, facts(model_age=timedelta(days=9), since_last_rejection=timedelta(days=2))).kind == "none"
+    decision = decide(backoff, facts(model_age=timedelta(days=9), since_last_rejection=timedelta(days=6)))
+    assert decision.kind == "time"
+    assert decision.reasons == ("champion last beat a candidate 6d ago, >= max age 5d",)
+    # Without a backoff the age is the data's, as before.
+    assert decide(policy(), facts(model_age=timedelta(days=9), since_last_rejection=timedelta(days=2))).kind == "time"
+
+
+def test_rejection_backoff_does_not_hold_back_a_person_or_a_first_model():
+    backoff = policy(rejection_backoff="4w")
+    assert decide(backoff, facts(manual=True, since_last_rejection=timedelta(hours=1))).kind == "manual"
+    first = facts(has_champion=False, since_last_rejection=timedelta(hours=1))
+    assert decide(backoff, first).kind == "time"
+
+
 def test_min_new_labels_holds_back():
     decision = decide(policy(), facts(pending_event_rows=(120,), new_labels=120))
     assert decision.kind == "none"
