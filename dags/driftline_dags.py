@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from functools import cache
 
 from airflow.sdk import (
     Asset,
@@ -26,9 +27,16 @@ from airflow.sdk import (
     task,
 )
 
-from ml import links, loop
+from driftline import events
+from driftline.lazy import lazy_import
+from ml import events as messages
+from ml import links
 from ml.config import ModelConfig, load_all
 from ml.settings import get_settings
+
+# The DAG processor re-parses this file every 30 s and every task process parses it again: leave
+# ml.loop (pandas, scikit-learn, MLflow) to the first task that calls into it.
+loop = lazy_import("ml.loop")
 
 # Steps that are safe to retry (idempotent by run id); a worker lost mid-step is retried.
 RETRIES = int(os.environ.get("DRIFTLINE_TASK_RETRIES", "2"))
@@ -36,8 +44,12 @@ RETRY_DELAY = timedelta(seconds=int(os.environ.get("DRIFTLINE_RETRY_DELAY_SECOND
 JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
 
 
+@cache  # one object per model: the schedule and the outlet must be the same asset (with its watchers)
 def new_labels_asset(model: str) -> Asset:
-    return Asset(f"driftline_{model}_new_labels", uri=f"driftline://{model}/new-labels", group="driftline")
+    # With Redis configured (DRIFTLINE_REDIS_URL), a message on the model's channel is an asset event
+    # too: the triggerer's watcher starts the run, no polling, no REST call.
+    return Asset(messages.asset_name(model), uri=f"driftline://{model}/new-labels", group="driftline",
+                 watchers=events.new_labels_watchers(model))
 
 
 def _run_info() -> loop.RunInfo:
@@ -60,6 +72,18 @@ def _published(result: dict) -> dict:
 
 def _xcom(task_id: str, key: str = "return_value"):
     return get_current_context()["ti"].xcom_pull(task_ids=task_id, key=key)
+
+
+def _dag_defaults(cfg: ModelConfig, suffix: str) -> dict:
+    """What every Driftline DAG shares: id, tags, owner, retries; no catch-up; one run at a time (a
+    model never has two promotions or rollbacks racing)."""
+    return {
+        "dag_id": f"{cfg.name}_{suffix}",
+        "catchup": False,
+        "max_active_runs": 1,
+        "tags": ["driftline", cfg.name],
+        "default_args": {"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
+    }
 
 
 CT_DOC = """\
@@ -93,12 +117,8 @@ def build_continuous_training(cfg: ModelConfig):
         schedule = asset
 
     @dag(
-        dag_id=f"{cfg.name}_continuous_training",
+        **_dag_defaults(cfg, "continuous_training"),
         schedule=schedule,
-        catchup=False,
-        max_active_runs=1,  # one model never has two promotions racing
-        tags=["driftline", cfg.name],
-        default_args={"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
         doc_md=CT_DOC.format(
             name=cfg.name, source=cfg.source, schedule=f"on `{cfg.triggers.schedule}`" if cfg.triggers.schedule else "",
             asset=asset.name, allowed_drop=cfg.rollback.allowed_drop, metric=cfg.promotion.metric,
@@ -149,8 +169,8 @@ def build_continuous_training(cfg: ModelConfig):
         @task(trigger_rule=JOIN, doc_md="Checks each window before use; a bad batch stops the run here.")
         def validate_windows() -> dict:
             run = _run_info()
-            for event in getattr(get_current_context()["dag_run"], "consumed_asset_events", None) or []:
-                loop.record_asset_events(cfg, [dict(event.extra or {})])
+            consumed = getattr(get_current_context()["dag_run"], "consumed_asset_events", None) or []
+            loop.record_asset_events(cfg, [{"extra": dict(e.extra or {}), "timestamp": e.timestamp} for e in consumed])
             return loop.validate_windows(cfg, run)
 
         @task(doc_md="Evidently drift report and live metric; logged to MLflow as a drift-check run.")
@@ -237,12 +257,8 @@ def build_continuous_training(cfg: ModelConfig):
 
 def build_rollback(cfg: ModelConfig):
     @dag(
-        dag_id=f"{cfg.name}_rollback",
+        **_dag_defaults(cfg, "rollback"),
         schedule=None,
-        catchup=False,
-        max_active_runs=1,
-        tags=["driftline", cfg.name],
-        default_args={"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
         doc_md=f"""\
 ### Roll back `{cfg.name}` by hand
 
@@ -277,12 +293,8 @@ mirror follows (Production / Archived). Config: `{cfg.source}`.
 
 def build_score(cfg: ModelConfig):
     @dag(
-        dag_id=f"{cfg.name}_score",
+        **_dag_defaults(cfg, "score"),
         schedule=None,
-        catchup=False,
-        max_active_runs=1,
-        tags=["driftline", cfg.name],
-        default_args={"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
         doc_md=f"Batch-scores every stored `{cfg.name}` row without a prediction with "
                f"`models:/{cfg.name}@champion` and writes the predictions back: the next drift check reads them.",
         params={
@@ -306,11 +318,8 @@ def build_new_labels(cfg: ModelConfig):
     asset = new_labels_asset(cfg.name)
 
     @dag(
-        dag_id=f"{cfg.name}_new_labels",
+        **_dag_defaults(cfg, "new_labels"),
         schedule=None,
-        catchup=False,
-        tags=["driftline", cfg.name],
-        default_args={"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
         doc_md=f"Announces that labelled rows for `{cfg.name}` arrived: records the event and updates the "
                f"`{asset.name}` asset, which starts `{cfg.name}_continuous_training`.",
         params={
@@ -323,11 +332,10 @@ def build_new_labels(cfg: ModelConfig):
         @task(outlets=[asset])
         def announce() -> dict:
             context = get_current_context()
-            params, run = context["params"], _run_info()
-            payload = {"rows": int(params["rows"]), "key": params["key"] or run.run_id, "source": run.actor}
-            loop.record_asset_events(cfg, [payload])
-            context["outlet_events"][asset].extra = payload
-            return payload
+            run = _run_info()
+            message = loop.announce_new_labels(cfg, run, run.params["rows"], run.params["key"])
+            context["outlet_events"][asset].extra = message
+            return message
 
         announce()
 

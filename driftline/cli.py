@@ -2,22 +2,35 @@
 
   driftline demo            play the scripted scenario through real DAG runs
   driftline up              Airflow (standalone) + MLflow UI on the embedded state
+  driftline up --celery     the production stack: PostgreSQL, Redis, MLflow server, Airflow + Celery workers
   driftline init            migrate the Airflow DB, create the store tables
   driftline env             print the environment (eval "$(driftline env)")
   driftline run DAG_ID [--conf JSON]     one real DAG run in this process (dag.test)
   driftline ingest MODEL --rows CSV [--labels CSV]   validate and store a batch
   driftline labels-arrived MODEL --rows N [--key K]  announce new labels (starts continuous training)
   driftline status MODEL    champion, challenger, previous champion, last decisions
+  driftline replay DATA --config YAML --target COL (--period 7d | --batch-rows N)   replay a CSV through
+                            Driftline's decisions beside static / every-batch / every-k baselines
+  driftline publish-labels MODEL --rows N [--via redis|rest]  new-labels event to a live Airflow
+  driftline trigger DAG_ID [--conf JSON]  a run through Airflow's REST API; waits, prints task states
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
+def _quiet_airflow() -> None:
+    """In-process DAG runs print Airflow's INFO log lines (structlog, not the stdlib levels) between
+    our own output; keep warnings and errors. Set before Airflow is imported; a user's value wins."""
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _quiet_airflow()
     from driftline import demo
 
     return demo.run(reset=not args.no_reset)
@@ -44,6 +57,8 @@ def _cmd_init(_: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        _quiet_airflow()
     from driftline import runner
 
     runner.prepare()
@@ -106,7 +121,50 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_publish_labels(args: argparse.Namespace) -> int:
+    """A new-labels event for a live Airflow: on Redis (the asset's watcher starts the run) or as an
+    asset event through the REST API. Message format: ml/events.py and the README."""
+    from driftline import events
+
+    if args.via == "redis":
+        message, listeners = events.publish_redis(args.model, args.rows, key=args.key, source=args.source)
+        print(json.dumps({"via": "redis", "channel": events.messages.channel(args.model), "listeners": listeners,
+                          "message": message}, indent=2))
+        if listeners == 0:
+            print("driftline: nobody listens on that channel (is the triggerer up with DRIFTLINE_REDIS_URL "
+                  "set?); pub/sub keeps nothing, so no run will start. Try --via rest.", file=sys.stderr)
+            return 1
+        return 0
+    message, answer = events.publish_rest(args.model, args.rows, key=args.key, source=args.source)
+    print(json.dumps({"via": "rest", "asset_event_id": answer.get("id"), "message": message}, indent=2))
+    return 0
+
+
+def _cmd_trigger(args: argparse.Namespace) -> int:
+    from driftline.api import AirflowApi
+
+    api = AirflowApi()
+    run = api.trigger(args.dag_id, json.loads(args.conf) if args.conf else {})
+    print(f"triggered {args.dag_id} run {run['dag_run_id']}", flush=True)
+    if args.no_wait:
+        return 0
+    run = api.wait(args.dag_id, run["dag_run_id"], timeout=args.timeout)
+    print(json.dumps({"run_id": run["dag_run_id"], "state": run["state"],
+                      "tasks": api.task_states(args.dag_id, run["dag_run_id"])}, indent=2))
+    return 0 if run["state"] == "success" else 1
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ml.replay_cli import run_from_args
+
+    return run_from_args(args)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
+    if args.celery:
+        from driftline import production
+
+        return production.up(airflow_port=args.airflow_port, mlflow_port=args.mlflow_port, workers=args.workers)
     from driftline import stack
 
     return stack.up(airflow_port=args.airflow_port, mlflow_port=args.mlflow_port)
@@ -143,14 +201,41 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="Airflow UI + MLflow UI on the embedded state (Ctrl-C stops both)")
     up.add_argument("--airflow-port", type=int, default=8080)
     up.add_argument("--mlflow-port", type=int, default=5000)
+    up.add_argument("--celery", action="store_true",
+                    help="the production stack: PostgreSQL (DRIFTLINE_PG_URL), Redis (DRIFTLINE_REDIS_URL), MLflow "
+                         "server, Airflow api-server, scheduler, dag-processor, triggerer and Celery workers")
+    up.add_argument("--workers", type=int, default=int(os.environ.get("DRIFTLINE_WORKERS", "2")),
+                    help="Celery workers with --celery [DRIFTLINE_WORKERS or 2]")
     up.set_defaults(func=_cmd_up)
+    publish = sub.add_parser("publish-labels", help="send a new-labels event to a live Airflow (Redis or REST)")
+    publish.add_argument("model")
+    publish.add_argument("--rows", type=int, required=True, help="how many labelled rows arrived")
+    publish.add_argument("--key", help="idempotency key (default: a hash of the message)")
+    publish.add_argument("--source", help="who or what labelled them (kept with the event)")
+    publish.add_argument("--via", choices=["redis", "rest"], default="redis",
+                         help="redis: publish on the model's channel (DRIFTLINE_REDIS_URL); rest: POST an asset event "
+                              "(DRIFTLINE_AIRFLOW_URL, _USER, _PASSWORD)")
+    publish.set_defaults(func=_cmd_publish_labels)
+    trigger = sub.add_parser("trigger", help="trigger a DAG run through Airflow's REST API and wait for it")
+    trigger.add_argument("dag_id")
+    trigger.add_argument("--conf", help="JSON params, e.g. '{\"force\": true, \"reason\": \"why\"}'")
+    trigger.add_argument("--no-wait", action="store_true")
+    trigger.add_argument("--timeout", type=float, default=1800)
+    trigger.set_defaults(func=_cmd_trigger)
+    from ml.replay_cli import DESCRIPTION as REPLAY_DESCRIPTION
+    from ml.replay_cli import add_arguments as replay_arguments
+
+    replay = sub.add_parser("replay", help="replay a time-ordered CSV through Driftline's decisions and baselines",
+                            description=REPLAY_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    replay_arguments(replay)
+    replay.set_defaults(func=_cmd_replay)
     args = parser.parse_args(argv)
     from driftline import env
 
     env.apply()
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, KeyError) as exc:
+    except (ValueError, RuntimeError, KeyError, TimeoutError) as exc:
         print(f"driftline: error: {exc}", file=sys.stderr)
         return 2
 

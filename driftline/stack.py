@@ -56,10 +56,16 @@ def seed_dev_login(airflow_home: Path) -> None:
     path.write_text(json.dumps(users))
 
 
-def mlflow_server_command(settings, port: int) -> list[str]:
+# MLflow 3.17's server starts a job runner (Huey consumers, ~6 processes) for its GenAI features by
+# default; Driftline uses none of them, and on 2 cores they slow everything else down.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def mlflow_server_command(settings, port: int, backend_store_uri: str | None = None,
+                          artifacts: Path | None = None) -> list[str]:
     mlflow = str(Path(sys.executable).with_name("mlflow"))
-    return [mlflow, "server", "--backend-store-uri", settings.tracking_uri,
-            "--artifacts-destination", str(settings.artifact_root), "--serve-artifacts",
+    return [mlflow, "server", "--backend-store-uri", backend_store_uri or settings.tracking_uri,
+            "--artifacts-destination", str(artifacts or settings.artifact_root), "--serve-artifacts",
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
 
 
@@ -96,6 +102,9 @@ class Stack:
             "AIRFLOW__API__PORT": str(self.airflow_port),
             "AIRFLOW__API__BASE_URL": self.airflow_url,
             "DRIFTLINE_MLFLOW_UI_URL": os.environ.get("DRIFTLINE_MLFLOW_UI_URL", self.mlflow_url),
+            **MLFLOW_SERVER_ENV,
+            # MLflow's usage telemetry thread raced a task's requests on the production stack; off here too.
+            "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
             # `airflow standalone` starts its components by name from PATH: put the venv first.
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         }

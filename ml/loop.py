@@ -12,7 +12,6 @@ like a live one.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -204,12 +203,11 @@ def guard_champion(config: ModelConfig, run: RunInfo) -> dict[str, Any]:
     live = compute_metric(metric, rows["label"], rows["prediction"].to_numpy(), _scores(rows), pos_label=pos)
     before_pred, before_score = predict(config, ctx.registry.load_model(previous), rows)
     before = compute_metric(metric, rows["label"], before_pred, before_score, pos_label=pos)
-    worse_by = (before - live) if config.greater_is_better else (live - before)
     facts = (
         f"v{champion.version} {metric} {live:.3f} vs v{previous} {before:.3f} on {len(rows)} rows it served "
         f"(allowed drop {config.rollback.allowed_drop:.3f})"
     )
-    action = "rollback" if worse_by > config.rollback.allowed_drop else "keep"
+    action = guard_verdict(config, live, before)
     log.info("guard: %s -> %s", facts, action)
     return {
         "action": action,
@@ -220,6 +218,13 @@ def guard_champion(config: ModelConfig, run: RunInfo) -> dict[str, Any]:
         "previous_metric": before,
         "rows": len(rows),
     }
+
+
+def guard_verdict(config: ModelConfig, live: float, before: float) -> str:
+    """"rollback" when the champion's metric is worse than its predecessor's on the same rows by
+    more than ``rollback.allowed_drop``, else "keep". Pure: the replay (ml.replay) calls it too."""
+    worse_by = (before - live) if config.greater_is_better else (live - before)
+    return "rollback" if worse_by > config.rollback.allowed_drop else "keep"
 
 
 def _scores(rows: pd.DataFrame) -> Any:
@@ -366,6 +371,7 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
     drift = DriftResult.from_dict(check["drift"])
     champion = champion_info(ctx)
     last = _last_retrain_time(ctx)
+    rejected = _last_rejection_time(ctx)
     perf = check["performance"]
     force = bool(run.param("force", False))
     onset = _drift_onset(ctx, as_of, drift.drift_share)
@@ -389,6 +395,7 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
         reference_metric=perf["champion_metric"],
         model_age=(as_of - champion.data_end) if champion and champion.data_end else None,
         since_last_retrain=(as_of - last) if last else None,
+        since_last_rejection=(as_of - rejected) if rejected else None,
         new_labels=ctx.store.count_labels(
             cfg.name, ts_after=champion.data_end if champion else None, known_at=as_of
         ),
@@ -420,18 +427,41 @@ def _last_retrain_time(ctx: Context) -> datetime | None:
     return max(times) if times else None
 
 
+def _last_rejection_time(ctx: Context) -> datetime | None:
+    """Data time of the newest candidate the gate rejected (for the policy's rejection_backoff)."""
+    rejected = {e["version"] for e in ctx.store.audit_log(ctx.config.name, ["rejected"])}
+    entries = ctx.store.audit_log(ctx.config.name, ["registered"])
+    times = [_time(e["details"]["data_time"]) for e in entries
+             if e["version"] in rejected and (e["details"] or {}).get("data_time")]
+    return max(times) if times else None
+
+
 def record_asset_events(config: ModelConfig, events: list[dict[str, Any]]) -> int:
-    """Store new-labels events that arrived as Airflow asset events (idempotent per event key)."""
+    """Store the new-labels events a run consumed (idempotent per event key). Each item is
+    ``{"extra": <asset event extra>, "timestamp": <when Airflow recorded it>}``; the extra may come
+    from the new-labels DAG, Airflow's REST API or the Redis watcher (see :mod:`ml.events`). A message
+    that cannot be read stops the run with the reason."""
+    from ml.events import from_asset_event
+
     store = Context.open(config).store
     added = 0
     for event in events:
-        payload = event.get("payload") or event
-        key = str(payload.get("key") or event.get("key") or json.dumps(payload, sort_keys=True, default=str))
-        added += store.add_event(
-            config.name, "new_labels", key, int(payload.get("rows", 0)),
-            _time(payload.get("occurred_at") or datetime.now().astimezone()), payload,
-        )
+        message = from_asset_event(event.get("extra"), config.name, timestamp=event.get("timestamp"))
+        new = store.add_event(config.name, "new_labels", message["key"], message["rows"],
+                              _time(message["occurred_at"]), message)
+        added += new
+        log.info("new-labels event %s via %s: %s rows (%s)", message["key"], message["via"], message["rows"],
+                 "recorded" if new else "already recorded")
     return added
+
+
+def announce_new_labels(config: ModelConfig, run: RunInfo, rows: Any, key: str | None) -> dict[str, Any]:
+    """The new-labels DAG's message: checked, recorded, and returned for the asset event's extra."""
+    from ml.events import new_labels_message
+
+    message = new_labels_message(config.name, rows, key=key or run.run_id, source=run.actor)
+    record_asset_events(config, [{"extra": message}])
+    return message
 
 
 def decide(config: ModelConfig, run: RunInfo, check: dict[str, Any]) -> dict[str, Any]:
@@ -454,6 +484,18 @@ def decide(config: ModelConfig, run: RunInfo, check: dict[str, Any]) -> dict[str
 
 
 # ---- train, evaluate, promote or reject --------------------------------------------------------
+
+
+def training_start(config: ModelConfig, holdout_start: datetime, train_after: str | None) -> tuple[datetime, list[str]]:
+    """Start (exclusive) of a full retrain's window: ``windows.training`` before the holdout, or the
+    drift onset ``train_after`` when that is later (answering a drift episode: learn only from rows
+    after it began). Returns the start and a note when it was clipped. Pure: ml.replay calls it too."""
+    after = holdout_start - config.windows.training
+    if train_after:
+        onset = _time(train_after)
+        if onset > after:
+            return onset, [f"training window clipped to the drift onset {onset:%Y-%m-%d %H:%M}"]
+    return after, []
 
 
 def train_candidate(config: ModelConfig, run: RunInfo, decision: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
@@ -486,13 +528,8 @@ def train_candidate(config: ModelConfig, run: RunInfo, decision: dict[str, Any],
                               min_rows=MIN_TRAIN_ROWS)
         model = fit_incremental(config, ctx.registry.load_model(champion.version), train)
     else:
-        after = holdout_start - config.windows.training
-        if decision.get("train_after") and not until:
-            # Answering a drift episode: learn only from rows after it began.
-            onset = _time(decision["train_after"])
-            if onset > after:
-                after = onset
-                notes.append(f"training window clipped to the drift onset {onset:%Y-%m-%d %H:%M}")
+        after, clipped = training_start(config, holdout_start, None if until else decision.get("train_after"))
+        notes += clipped
         train = load_labelled(ctx, after=after, until=holdout_start, known_at=as_of, window="training",
                               min_rows=MIN_TRAIN_ROWS)
         model = fit_full(config, train)
@@ -533,7 +570,9 @@ def train_candidate(config: ModelConfig, run: RunInfo, decision: dict[str, Any],
         )
         mlflow_run = active.info.run_id
     # Through the client: log_model(registered_model_name=...) prints to stderr, which Airflow logs as ERROR.
-    version = int(ctx.registry.client.create_model_version(config.name, info.model_uri, run_id=mlflow_run).version)
+    # model_id: a tracking server refuses a models:/m-<id> source without it (a local store does not check).
+    version = int(ctx.registry.client.create_model_version(config.name, info.model_uri, run_id=mlflow_run,
+                                                           model_id=info.model_id).version)
     tags = {
         "trigger": decision["kind"], "reasons": "; ".join(decision["reasons"]), "dag_run_id": run.run_id,
         "mlflow_run_id": mlflow_run, "strategy": strategy, "git_commit": tracking.git_commit(),
@@ -695,8 +734,11 @@ def promote(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], evalua
                                            + current)
     result = ctx.registry.promote(version, run_id=run.run_id, actor=run.actor, reasons=reasons,
                                   forced=forced, data_time=_time(candidate["as_of"]))
-    log.info("promoted v%s (previous champion %s)%s", result["champion"], result["previous_champion"],
-             " [forced]" if forced else "")
+    if result.get("action") == "rejected":  # a newer version became champion while this one waited
+        log.info("v%s not promoted: superseded by v%s", version, result.get("superseded_by"))
+    else:
+        log.info("promoted v%s (previous champion %s)%s", result["champion"], result["previous_champion"],
+                 " [forced]" if forced else "")
     return {**result, "forced": forced, "links": _version_links(ctx, result["champion"])}
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -64,7 +65,12 @@ class Api:
     def wait_new_run(self, dag_id: str, known: set[str], timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for run in self.runs(dag_id):
+            try:
+                runs = self.runs(dag_id)
+            except (TimeoutError, urllib.error.URLError):  # a busy api-server: ask again until the deadline
+                time.sleep(3)
+                continue
+            for run in runs:
                 if run["dag_run_id"] not in known and run["state"] in ("success", "failed"):
                     return run
             time.sleep(3)
