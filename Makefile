@@ -22,11 +22,20 @@ demo: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# CELERY=1 (make up CELERY=1, or in the environment): the production stack instead of the embedded one.
 up: install
-	$(BIN)/driftline up
+	$(BIN)/driftline up $(if $(CELERY),--celery)
+
+# Regenerates docs/benchmarks.md (P1 drift cost, P2 trigger-to-champion latency, P3 replay on real
+# drifting data, read from ../shared/data). Takes a while; `make test` runs only their --smoke versions.
+bench: install
+	$(BIN)/python -m bench.drift_cost
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.replay
+	$(BIN)/python -m bench.report
 
 lint: install
-	$(BIN)/ruff check ml dags plugins driftline tests
+	$(BIN)/ruff check ml dags plugins driftline tests bench
 
 clean:
 	rm -rf .driftline

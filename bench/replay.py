@@ -1,0 +1,505 @@
+"""P3: adaptation quality on real drift. Replays Elec2, Bike Sharing and a seeded no-drift stream
+through Driftline's own decisions (:mod:`ml.replay`) beside the baselines, in one run.
+
+  .venv/bin/python -m bench.replay            # all three; writes bench/results/replay.{json,md}, docs/bench/*.png
+  .venv/bin/python -m bench.replay --smoke --out /tmp/x   # a small synthetic run (< 60 s), for CI
+
+Real data is read from ``../shared/data`` (never copied into the repository); a data set whose file
+is absent is skipped, and the section says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("DRIFTLINE_SHARED", ROOT.parent / "shared"))
+CONFIGS = ROOT / "bench" / "configs"
+RESULTS = ROOT / "bench" / "results"
+PLOTS = ROOT / "docs" / "bench"  # referenced from docs/benchmarks.md as bench/<name>.png
+
+# Figures quoted from ../shared/README.md (not re-run here): same protocol, same features.
+REFERENCE = {
+    "elec2": {"static": "0.625", "every_1": "0.774 (131)", "every_4": "0.765 (32)",
+              "adwin": "0.766 (35)", "evidently": "0.699 (76)"},
+    "bike": {"static": "134.5", "every_1": "38.8 (101)", "every_4": "43.3 (25)",
+             "adwin": "43.7 (28)", "evidently": "39.3 (78)"},
+}
+ELEC2_NO_CHANGE = 0.853  # "next label = last label", quoted from ../shared/README.md
+ELEC2_RIVER_ARF = 0.878  # River's adaptive random forest, row by row, quoted from ../shared/README.md
+
+# Driftline policies run beside the default (the YAML's) on every data set: each is a patch on the
+# YAML. They are how the defaults were chosen, so they stay in the benchmark.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "no_backoff": {"triggers": {"rejection_backoff": None}},
+    "safety_net": {"triggers": {"max_model_age": "26w"}},
+    "label_free": {"triggers": {"max_relative_drop": None, "metric_floor": None, "max_model_age": None,
+                                "drift_share": 0.3}},
+}
+
+
+@dataclass
+class Dataset:
+    name: str
+    title: str
+    config: str  # YAML under bench/configs
+    options: dict[str, Any]
+    path: Path | None = None  # a file under ../shared/data; None: made by `make`
+    make: Any = None  # (directory) -> path of a CSV it wrote
+    goal: str = ""
+    variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: VARIANTS)
+
+
+def _stationary_csv(directory: Path, *, periods: int = 60, rows: int = 400, seed: int = 11) -> Path:
+    """The credit-default simulator with no drift phase: weekly batches from one distribution."""
+    import pandas as pd
+
+    from ml.simulator import CreditDefaultSimulator
+
+    sim = CreditDefaultSimulator(seed=seed, rows_per_period=rows, period=timedelta(days=7),
+                                 label_delay=timedelta(0), phases=())
+    parts = []
+    for p in range(periods):
+        batch = sim.batch(p)
+        parts.append(batch.features.merge(batch.labels[["row_id", "label"]], on="row_id").drop(columns="row_id"))
+    path = directory / "no_drift.csv"
+    pd.concat(parts, ignore_index=True).rename(columns={"label": "default"}).to_csv(path, index=False)
+    return path
+
+
+def _drifting_csv(directory: Path) -> Path:
+    """Smoke data: a small simulator stream with covariate and concept drift from period 6 on."""
+    import pandas as pd
+
+    from ml.simulator import CreditDefaultSimulator, DriftPhase
+
+    sim = CreditDefaultSimulator(seed=5, rows_per_period=150, period=timedelta(days=7), label_delay=timedelta(0),
+                                 phases=[DriftPhase(6, covariate=1.0, concept=1.5)])
+    parts = []
+    for p in range(10):
+        batch = sim.batch(p)
+        parts.append(batch.features.merge(batch.labels[["row_id", "label"]], on="row_id").drop(columns="row_id"))
+    path = directory / "smoke_drift.csv"
+    pd.concat(parts, ignore_index=True).rename(columns={"label": "default"}).to_csv(path, index=False)
+    return path
+
+
+WEEK = timedelta(days=7)
+DATASETS = [
+    Dataset("elec2", "Elec2 (NSW electricity, price UP/DOWN)", "elec2.yaml",
+            {"target": "class", "batch_rows": 336, "row_interval": timedelta(minutes=30)},
+            path=SHARED / "data" / "elec2" / "elecNormNew.arff",
+            goal="accuracy >= retrain-every-batch with at most 1/4 of its retrains"),
+    Dataset("bike", "Bike Sharing (hourly rentals)", "bike.yaml",
+            {"target": "cnt", "time_column": "dteday", "hour_column": "hr", "period": WEEK},
+            path=SHARED / "data" / "bike_sharing" / "hour.csv",
+            goal="MAE <= retrain-every-batch with at most 1/3 of its retrains"),
+    Dataset("no_drift", "No drift (seeded credit-default simulator, stationary)", "no_drift.yaml",
+            {"target": "default", "time_column": "ts", "period": WEEK}, make=_stationary_csv,
+            goal="almost no retrains (at most 5 % of the predicted batches)"),
+]
+SMOKE = Dataset("smoke", "Smoke: small simulator stream, drift from week 6", "no_drift.yaml",
+                {"target": "default", "time_column": "ts", "period": WEEK, "label_delay": 1},
+                make=_drifting_csv)
+
+
+def _machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "git_commit": commit,
+        "versions": {name: version(name) for name in ("scikit-learn", "numpy", "pandas", "evidently")},
+    }
+
+
+def _patched(raw: dict[str, Any], patch: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for section, values in patch.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def run_dataset(ds: Dataset, workdir: Path, plot_dir: Path, *, smoke: bool = False) -> dict[str, Any]:
+    from ml import replay
+
+    path = ds.make(workdir) if ds.make else ds.path
+    if path is None or not Path(path).exists():
+        return {"skipped": f"{ds.path} is absent (the data lives outside the repository, in ../shared/data)"}
+    raw = yaml.safe_load((CONFIGS / ds.config).read_text())
+    if smoke:  # a fast estimator: the smoke run checks the machinery, not the numbers
+        raw["estimator"] = {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 300}}
+    options = replay.ReplayOptions(**{"every": (1, 4) if smoke else (1, 4, 8), "every_held_out": () if smoke else (1,),
+                                      **ds.options})
+    frame = replay.read_table(path)
+    data = replay.prepare(frame, options, raw, source=str(CONFIGS / ds.config))
+    variants = {replay.DRIFTLINE: data.config}
+    for name, patch in ds.variants.items():
+        variants[f"{replay.DRIFTLINE}_{name}"] = replay.prepare(
+            frame, options, _patched(raw, patch), source=str(CONFIGS / ds.config)).config
+    started = time.perf_counter()
+
+    def progress(b: int, total: int, strategies: list[Any]) -> None:
+        if b % 20 == 0 or b == total - 1:
+            counts = ", ".join(f"{s.name} {s.stats.retrains}" for s in strategies if s.stats.retrains)
+            print(f"  {ds.name}: batch {b + 1}/{total} ({time.perf_counter() - started:.0f} s) retrains: {counts}",
+                  file=sys.stderr, flush=True)
+
+    result = replay.run(data, name=ds.name, variants=variants, progress=progress)
+    png = replay.plot(result, plot_dir / f"replay_{ds.name}.png", title=_title(ds.title, result.metric))
+    out = result.to_dict()
+    out["plot"] = str(png)
+    out["policy"] = {name: _policy(cfg) for name, cfg in variants.items()}
+    if not smoke:
+        out["goal"] = _goal(ds.name, result)
+    return out
+
+
+def _title(title: str, metric: str) -> str:
+    return f"{title}: batch-prequential {metric}, weekly batches"
+
+
+def _goal(name: str, result: Any) -> dict[str, Any]:
+    """Whether the default Driftline policy met this data set's goal (in this run)."""
+    d = result.strategy("driftline")
+    if name == "elec2":
+        base = result.strategy("every_1")
+        met = d.metric >= base.metric and d.retrains <= base.retrains / 4
+        text = (f"accuracy {d.metric:.4f} vs {base.metric:.4f} every batch; {d.retrains} retrains vs at most "
+                f"{base.retrains / 4:.0f}")
+    elif name == "bike":
+        base = result.strategy("every_1")
+        met = d.metric <= base.metric and d.retrains <= base.retrains / 3
+        text = f"MAE {d.metric:.2f} vs {base.metric:.2f} every batch; {d.retrains} retrains vs at most {base.retrains / 3:.0f}"
+    else:
+        predicted = result.batches - result.initial_batches
+        met = d.retrains <= 0.05 * predicted
+        text = f"{d.retrains} retrains over {predicted} batches (at most {0.05 * predicted:.1f})"
+    return {"met": bool(met), "detail": text}
+
+
+# ---- the markdown section -----------------------------------------------------------------------
+
+
+def _table(name: str, res: dict[str, Any]) -> str:
+    from ml.replay import label
+
+    ref = REFERENCE.get(name)
+    metric = res["metric"]
+    head = f"| strategy | {metric} | retrains | promotions | rejections | rollbacks |"
+    rule = "|---|---|---|---|---|---|"
+    if ref:
+        head += " ../shared/README.md |"
+        rule += "---|"
+    lines = [head, rule]
+    fmt = (lambda v: f"{v:.3f}") if metric != "mae" else (lambda v: f"{v:.1f}")
+    for s in res["strategies"]:
+        row = (f"| {label(s['name'])} | {fmt(s['metric'])} | {s['retrains']} | {s['promotions']} | "
+               f"{s['rejections']} | {s['rollbacks']} |")
+        if ref:
+            row += f" {ref.get(s['name'], '')} |"
+        lines.append(row)
+    if ref:
+        lines.append(f"| error-rate alarm (ADWIN), quoted | | | | | | {ref['adwin']} |")
+        lines.append(f"| Evidently data-drift alarm, quoted | | | | | | {ref['evidently']} |")
+    if name == "elec2":
+        lines.append(f"| no-change predictor (next = last label), quoted | {ELEC2_NO_CHANGE} | | | | | {ELEC2_NO_CHANGE} |")
+        lines.append(f"| River adaptive random forest (row by row), quoted | {ELEC2_RIVER_ARF} | | | | | "
+                     f"{ELEC2_RIVER_ARF} |")
+    return "\n".join(lines)
+
+
+def _policy(config: Any) -> str:
+    """The policy in one line, as the YAML spells it."""
+    from ml.config import format_duration
+
+    def show(value: Any) -> str:
+        return format_duration(value) if isinstance(value, timedelta) else str(value)
+
+    t, p, r = config.triggers, config.promotion, config.rollback
+    parts = [f"{k}: {show(v)}" for k, v in t.model_dump().items()
+             if v not in (None, False, 0, timedelta(0)) and k not in ("on_new_labels", "schedule")]
+    rollback = f"auto, allowed drop {r.allowed_drop}" if r.auto else "off"
+    return (f"triggers {', '.join(parts) or 'none'}; holdout {format_duration(config.windows.holdout)}; gate "
+            f"min improvement {p.min_improvement}, significance {p.significance}; rollback {rollback}")
+
+
+def _intro(command: str, seconds: float) -> list[str]:
+    return [
+        "## P3: adaptation quality on real drift (replay)",
+        "",
+        ("`driftline replay` (also `python -m ml.replay`) replays a time-ordered CSV or ARFF file batch by batch "
+         "through Driftline's own decision code, as the continuous-training DAG calls it: the rollback guard, "
+         "window validation, Evidently drift, the trigger decision (`ml/triggers.py`), training on the window "
+         "`ml/loop.py` computes, and the paired-bootstrap promotion gate (`ml/evaluation.py`). It runs in "
+         "process, without a scheduler; the MLflow registry and the store stay out of it for speed (the "
+         "champion and its predecessors are kept in memory), so a two-year replay takes minutes. The same run "
+         "replays the baselines: a static model, retrain every batch, retrain every 4 batches, and retrain every "
+         "batch on Driftline's candidate window (the newest `windows.holdout` left out, as Driftline leaves it "
+         "out to judge the candidate)."),
+        "",
+        ("Protocol (batch-prequential, as in `../shared/README.md`): one-week batches; the first 4 train the "
+         "first model; each later batch is predicted by each strategy's current model, then its labels are "
+         "revealed, then the strategy may act; every retrain learns from the last 4 weeks of labelled rows; "
+         "scikit-learn `HistGradientBoosting*` with default parameters. A *retrain* is a model trained after the "
+         "first one; for Driftline that is a candidate, whether the gate promotes it or not. Metric: accuracy "
+         "(Elec2, no-drift) or MAE (Bike) over every predicted row."),
+        "",
+        (f"Reproduce: `{command}` ({seconds / 60:.0f} min on this machine), then `.venv/bin/python -m bench.report` "
+         "to rebuild this page. One data set by hand:"),
+        "",
+        "```",
+        "driftline replay ../shared/data/elec2/elecNormNew.arff --config bench/configs/elec2.yaml \\",
+        "    --target class --batch-rows 336 --row-interval 30m --every 1 --every 4 --plot elec2.png",
+        "driftline replay ../shared/data/bike_sharing/hour.csv --config bench/configs/bike.yaml \\",
+        "    --target cnt --time dteday --hour-column hr --period 7d --every 1 --every 4 --plot bike.png",
+        "```",
+    ]
+
+
+def _strategies(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in res["strategies"]}
+
+
+def _num(metric: str, value: float) -> str:
+    return f"{value:.1f}" if metric == "mae" else f"{value:.3f}"
+
+
+def _goals(results: dict[str, Any]) -> list[str]:
+    rows = ["| data set | goal | Driftline (default policy) | met |", "|---|---|---|---|"]
+    for res in results.values():
+        if "goal" in res:
+            rows.append(f"| {res['title']} | {res['goal_text']} | {res['goal']['detail']} | "
+                        f"{'yes' if res['goal']['met'] else '**no**'} |")
+    return rows
+
+
+def _findings(results: dict[str, Any]) -> list[str]:
+    """What the variants show, with this run's numbers only."""
+    real = {n: r for n, r in results.items() if "skipped" not in r}
+    out: list[str] = []
+
+    def each(fn: Any) -> str:
+        parts = [(n, fn(_strategies(r), r["metric"])) for n, r in real.items()]
+        return "; ".join(f"{n}: {text}" for n, text in parts if text)
+
+    def run(s: dict, m: str, name: str) -> str:
+        v = s[name]
+        rejected = f", {v['rejections']} rejected" if name.startswith("driftline") else ""
+        return f"{_num(m, v['metric'])} ({v['retrains']} retrains{rejected})"
+
+    def gap(s: dict, m: str) -> str:
+        if not {"every_1_held_out", "every_4", "every_8", "driftline"} <= set(s):
+            return ""
+        return (f"every batch {_num(m, s['every_1']['metric'])}, every batch without the newest holdout "
+                f"{_num(m, s['every_1_held_out']['metric'])}, every 4 batches {run(s, m, 'every_4')}, "
+                f"every 8 {run(s, m, 'every_8')}, Driftline {run(s, m, 'driftline')}")
+
+    def versus(name: str) -> Any:
+        def show(s: dict, m: str) -> str:
+            return f"{run(s, m, name)} vs {run(s, m, 'driftline')}" if name in s and "driftline" in s else ""
+        return show
+
+    text = each(gap)
+    if text:
+        out.append(f"- **Where the gap to retrain-every-batch comes from.** {text}. Leaving the newest 2 days out "
+                   "of every training window, as Driftline's candidates must (the gate needs rows neither model "
+                   "saw), costs only the difference between the first two numbers; the rest of the gap is "
+                   "retraining less often, at the moments the triggers pick. On both real data sets Driftline "
+                   "lands at or below what a fixed schedule of about the same size gets.")
+    text = each(versus("driftline_no_backoff"))
+    if text:
+        out.append(f"- **Rejection backoff** (new: `triggers.rejection_backoff`), without it vs with it (the "
+                   f"default): {text}. After a rejection the champion has just beaten a model trained on the "
+                   "newest data; the backoff waits before trying again and restarts a time rule's count, which "
+                   "is what keeps the *safety net* variant to a couple of candidates on the stationary stream.")
+    text = each(versus("driftline_safety_net"))
+    if text:
+        out.append(f"- **A max-age safety net** (`max_model_age: 26w`) vs none (the default): {text}. It is the "
+                   "only rule that fires on the stationary stream, and on the real data it did not pay in this "
+                   "run. Without it a champion can serve for a long time: on Elec2 the default policy's last "
+                   "retrain is about halfway through (see the plot), because the relative-drop rule compares "
+                   "the live metric with the champion's own score on a 2-day holdout at promotion, and a champion "
+                   "promoted on a hard holdout gets a low bar it rarely falls 10 % below.")
+    text = each(versus("driftline_label_free"))
+    if text:
+        out.append(f"- **Label-free trigger**: an Evidently data-drift alarm (drift share >= 0.3 of features, "
+                   f"`ml/config.py`'s default) instead of the performance rule, vs the default: {text}. It is "
+                   "silent on Elec2 until the Victoria columns stop being constant, then fires every few weeks; "
+                   "on Bike the weather and seasons keep it busy.")
+    return out
+
+
+POLICY = """\
+### Policy defaults and why
+
+No policy tried reached the Elec2 or Bike goal (the table above and the exploratory replays below): on
+these two data sets, with weekly batches and a 4-week window, the freshest model wins and a trigger
+can at best match a fixed schedule of the same size. The default is therefore chosen for the things
+the runs do separate: few candidates, none trained for nothing on a stationary stream, and no large
+loss against a schedule of similar size. It is the same in the three `bench/configs/*.yaml`
+(durations assume weekly batches: scale them with your cadence):
+
+```yaml
+windows:   {holdout: 2d}
+triggers:  {drift_share: null, max_relative_drop: 0.1, max_model_age: null, cooldown: 2w, rejection_backoff: 4w}
+promotion: {significance: 0.25}
+rollback:  {allowed_drop: 0.05}   # accuracy; Bike: 4.0 (MAE, bikes per hour)
+```
+
+- **Performance rule, not the drift alarm**: the label-free variant trains more candidates for a
+  worse Elec2 accuracy, and on Bike for an MAE no better than retraining every 4 batches with fewer
+  retrains.
+- **Cooldown 2 batches, rejection backoff 4 batches**: without them a weekly metric this noisy trains a
+  candidate about every other week, most of them rejected (first row of the exploratory replays below).
+- **No max age**: it costs candidates on the stationary stream and did not pay on the real data here.
+  It remains the right addition where a stuck champion is worse than a wasted candidate.
+- **Holdout 2 days, significance 0.25**: the holdout is data every candidate gives up; 2 days keep that
+  small, and on 2 days of rows a one-sided 95 % bound rejects most real gains. **Rollback allowed drop
+  0.05** (4 bikes/h on Bike): a weekly accuracy moves by more than 0.02 on noise alone, and each
+  rollback brings back an older model.
+
+`ml/config.py`'s own defaults are unchanged: the DAG models set their policy explicitly (e.g.
+`models/credit_default.yaml`, daily batches), and these durations only make sense for a weekly cadence.
+
+Exploratory replays that led here (same replay code, policies patched by hand while choosing; not
+regenerated by the command above; gate significance 0.05 and rollback allowed drop 0.02 unless said):
+
+| policy | Elec2 accuracy (retrains, rejected) | Bike MAE (retrains, rejected) | no drift retrains |
+|---|---|---|---|
+| drop 10 %, max age 8w (Bike 4w), holdout 7d, no cooldown | 0.765 (59, 36) | 42.1 (73, 41) | |
+| drop 10 %, cooldown 2w, holdout 7d | 0.743 (15, 4) | 43.3 (33, 13) | |
+| drop 10 %, cooldown 2w, holdout 2d | 0.758 (41, 24) | 44.1 (32, 11) | |
+| + max age 12w, significance 0.25, allowed drop 0.05 | 0.754 (34, 13) | 42.5 (36, 10) | 9 |
+| + rejection backoff 4w (age counted from the data) | 0.751 (27, 13) | 44.2 (32, 7) | 10 |
+| + age counted from the last rejection | 0.752 (27, 12) | 45.2 (30, 7) | 4 |
+| same, no max age (Bike allowed drop 0.05) | 0.746 (14, 7) | 45.2 (30, 7) | 0 |
+"""
+
+LEFT_OUT = """### Left out, and why
+
+- **The registry and the store** are not replayed (champion in memory): the decisions are the same
+  functions, and a two-year replay through MLflow would take hours.
+- **Refitting the promoted candidate on the holdout too** (train on everything once the gate has
+  spoken) would remove most of the holdout cost above, but the DAG does not do it, so the replay does
+  not either: it would need the train and evaluate tasks to hand a second model between them.
+- **ADWIN, the Evidently alarm of the reference table, the no-change predictor and River's adaptive
+  random forest** are quoted from `../shared/README.md`, not re-run (River is not a dependency). The
+  no-change predictor's 0.853 on Elec2 comes from label autocorrelation (the next half-hour's label is
+  usually the last one), which no feature-based batch model here uses.
+"""
+
+
+def markdown(results: dict[str, Any], *, smoke: bool, command: str, seconds: float) -> str:
+    from ml.replay import label
+
+    lines = _intro(command, seconds)
+    if smoke:
+        lines += ["", ("**Smoke run** (tiny synthetic stream, fast estimator): checks the machinery; the numbers "
+                       "mean nothing.")]
+    for name, res in results.items():
+        lines += ["", f"### {res.get('title', name)}", ""]
+        if "skipped" in res:
+            lines.append(f"Skipped: {res['skipped']}.")
+            continue
+        config = Path(res["configs"]["driftline"]["source"]).name
+        lines.append(f"{res['rows']} rows, {res['batches']} batches of {res['period']}, "
+                     f"{res['batches'] - res['initial_batches']} predicted; label delay {res['label_delay']} "
+                     f"batch(es). Driftline policies (`bench/configs/{config}`, variants patch it):")
+        lines += [""] + [f"- {label(n)}: {text}" for n, text in res["policy"].items()]
+        lines += ["", _table(name, res), ""]
+        if "goal" in res:
+            goal = res["goal"]
+            lines.append(f"Goal ({res['goal_text']}): **{'met' if goal['met'] else 'not met'}**: {goal['detail']}.")
+            lines.append("")
+        lines.append(f"![{name}](bench/{Path(res['plot']).name})")
+    if not smoke:
+        lines += ["", "### Goals", "", *_goals(results), "", "### What the variants show", "", *_findings(results),
+                  "", POLICY, LEFT_OUT]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a small synthetic run (< 60 s)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where replay.json and replay.md go")
+    parser.add_argument("--only", help="comma-separated data sets (elec2, bike, no_drift)")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite replay.md and the plots from the replay.json already in --out (no replay)")
+    args = parser.parse_args(argv)
+    if args.markdown_only:
+        from ml import replay
+
+        payload = json.loads((args.out / "replay.json").read_text())
+        for name, res in payload["datasets"].items():
+            if "plot" in res:
+                ds = next((d for d in [*DATASETS, SMOKE] if d.name == name), None)
+                replay.plot(replay.ReplayResult.from_dict(res), res["plot"], title=_title(ds.title if ds else name,
+                                                                                         res["metric"]))
+        (args.out / "replay.md").write_text(markdown(payload["datasets"], smoke=payload["smoke"],
+                                                     command=payload["command"], seconds=payload["seconds"]))
+        print(f"wrote {args.out / 'replay.md'} and the plots")
+        return 0
+    if args.smoke and args.out.resolve() == RESULTS.resolve():
+        parser.error("--smoke writes to a temporary directory: give --out DIR (never over the real results)")
+    datasets = [SMOKE] if args.smoke else DATASETS
+    if args.only:
+        wanted = {n.strip() for n in args.only.split(",")}
+        unknown = wanted - {d.name for d in datasets}
+        if unknown:
+            parser.error(f"--only: unknown data set(s) {sorted(unknown)}; choose from {[d.name for d in datasets]}")
+        datasets = [d for d in datasets if d.name in wanted]
+    plot_dir = args.out if args.smoke else PLOTS
+    args.out.mkdir(parents=True, exist_ok=True)
+    from threadpoolctl import threadpool_limits
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    # One thread per fit: the machines are shared and small, and OpenMP threads fighting over two
+    # cores made each HistGradientBoosting fit several times slower. The numbers do not depend on it.
+    with threadpool_limits(1), tempfile.TemporaryDirectory() as tmp:
+        for ds in datasets:
+            print(f"{ds.name}: replaying ...", file=sys.stderr, flush=True)
+            res = run_dataset(ds, Path(tmp), plot_dir, smoke=args.smoke)
+            res.update(title=ds.title, goal_text=ds.goal)
+            results[ds.name] = res
+    seconds = time.perf_counter() - started
+    command = ".venv/bin/python -m bench.replay" + (" --smoke --out DIR" if args.smoke else "")
+    payload = {"benchmark": "replay", "smoke": args.smoke, "seconds": round(seconds, 1), "machine": _machine(),
+               "command": command, "datasets": results}
+    (args.out / "replay.json").write_text(json.dumps(payload, indent=1, default=str))
+    (args.out / "replay.md").write_text(markdown(results, smoke=args.smoke, command=command, seconds=seconds))
+    print(f"wrote {args.out / 'replay.json'} and {args.out / 'replay.md'} ({seconds:.0f} s)")
+    for name, res in results.items():
+        if "skipped" in res:
+            print(f"{name}: skipped: {res['skipped']}")
+        elif "goal" in res:
+            print(f"{name}: goal {'met' if res['goal']['met'] else 'not met'}: {res['goal']['detail']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

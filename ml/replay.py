@@ -1,0 +1,965 @@
+"""Replay a time-ordered table through Driftline's own decisions, beside baseline strategies.
+
+Protocol (batch-prequential): the rows are cut into time-ordered batches; the first
+``initial_batches`` train the first model; then, batch by batch, every strategy predicts the batch
+with its current model, the batch's labels are revealed (``label_delay`` batches later), and every
+strategy may act. No batch is ever predicted by a model that saw its labels.
+
+Strategies, all in one run on the same batches:
+
+* ``static``: the first model, never retrained;
+* ``every_k`` (``every 1`` is "retrain every batch"): a full retrain on the last ``window``
+  labelled batches after every k-th batch;
+* ``driftline``: each step is what the continuous-training DAG's tasks do, with the same
+  functions: the rollback guard (:func:`ml.loop.guard_verdict`), validation
+  (:func:`ml.validation.validate_window`), drift (:func:`ml.drift.compute_drift`), the live metric
+  (:func:`ml.evaluation.compute_metric`), the trigger decision (:func:`ml.triggers.decide`,
+  :func:`ml.triggers.drift_onset`), training (:func:`ml.training.fit_full` /
+  :func:`ml.training.fit_incremental` on the window :func:`ml.loop.training_start` gives), the
+  promotion gate (:func:`ml.evaluation.evaluate_candidate`, :func:`ml.loop.choose_outcome`).
+
+What is *not* replayed: the store, MLflow and the registry. Rows and labels live in one frame, the
+champion and its predecessors in memory; that is what makes a two-year replay take minutes.
+
+Time: with a time column each row keeps its time; without one (file order) row ``i`` is given the
+time ``start + i * row_interval``, so durations in the policy (cooldown, max model age) still mean
+something (e.g. Elec2: 30 minutes per row, 336 rows a week). A step's time is its batch's newest
+row, as the DAG's ``as_of`` is the newest stored row. The config's ``windows.current`` becomes one
+batch period and ``windows.training`` ``window`` periods; ``windows.holdout`` is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from ml.config import ConfigError, ModelConfig, parse_config
+
+STATIC = "static"
+DRIFTLINE = "driftline"
+EPOCH = pd.Timestamp("2000-01-01", tz="UTC")
+# Columns the replay adds; a data column may not take one of these names.
+_OWN_COLUMNS = ("row_id", "ts", "batch", "label", "known_at")
+
+
+class ReplayError(ValueError):
+    """Arguments or data a replay cannot run on; the message names the argument and the problem."""
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV file, or an ARFF file (dense; nominal attributes come back as strings, ``?`` as missing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReplayError(f"data: no such file: {path}")
+    if path.suffix.lower() == ".arff":
+        return _read_arff(path)
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise ReplayError(f"data: cannot read {path} as CSV: {exc}") from None
+
+
+def _read_arff(path: Path) -> pd.DataFrame:
+    names: list[str] = []
+    nominal: set[str] = set()
+    with path.open() as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            lowered = text.lower()
+            if not text or text.startswith("%"):
+                continue
+            if lowered.startswith("@attribute"):
+                parts = text.split(None, 2)
+                if len(parts) < 3:
+                    raise ReplayError(f"data: {path}:{number}: malformed @attribute line")
+                name, kind = parts[1].strip("'\""), parts[2].strip()
+                names.append(name)
+                if not kind.lower().startswith(("numeric", "real", "integer")):
+                    nominal.add(name)
+            elif lowered.startswith("@data"):
+                break
+        else:
+            raise ReplayError(f"data: {path}: no @data section (is it an ARFF file?)")
+        if not names:
+            raise ReplayError(f"data: {path}: no @attribute lines")
+        first = handle.readline()
+        if first.lstrip().startswith("{"):
+            raise ReplayError(f"data: {path}: sparse ARFF is not supported")
+        rest = [first] + handle.readlines()
+    from io import StringIO
+
+    frame = pd.read_csv(StringIO("".join(rest)), header=None, names=names, na_values=["?"], quotechar="'",
+                        dtype={name: str for name in nominal}, skipinitialspace=True, comment="%")
+    return frame
+
+
+# ---- options and data ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What to replay and how; every field is a command-line argument of ``driftline replay``."""
+
+    target: str
+    features: tuple[str, ...] | None = None  # None: every column but the target and time columns
+    time_column: str | None = None  # None: file order; a numeric column: an order column
+    hour_column: str | None = None  # hours added to the time column (e.g. Bike's "hr")
+    task: Literal["classification", "regression"] | None = None  # None: the config's
+    batch_rows: int | None = None
+    period: timedelta | None = None
+    row_interval: timedelta = timedelta(hours=1)  # time between rows without a time column
+    initial_batches: int = 4
+    window: int = 4  # training window, in batches
+    label_delay: int = 0  # labels of batch b are revealed after batch b + label_delay is predicted
+    every: tuple[int, ...] = (1, 4)  # baselines "retrain every k batches"
+    # Baselines "retrain every k batches on Driftline's candidate window": the newest
+    # windows.holdout left out, as Driftline's candidates leave it out for the gate; always served.
+    every_held_out: tuple[int, ...] = ()
+    max_batches: int | None = None  # stop after this many batches (quick looks)
+
+    def check(self) -> None:
+        def fail(argument: str, problem: str) -> None:
+            raise ReplayError(f"{argument}: {problem}")
+
+        if (self.batch_rows is None) == (self.period is None):
+            fail("batch size", "give exactly one of batch_rows (--batch-rows) and period (--period)")
+        if self.batch_rows is not None and self.batch_rows < 1:
+            fail("batch_rows", f"must be >= 1, got {self.batch_rows}")
+        if self.period is not None and self.period <= timedelta(0):
+            fail("period", f"must be positive, got {self.period}")
+        if self.row_interval <= timedelta(0):
+            fail("row_interval", f"must be positive, got {self.row_interval}")
+        if self.initial_batches < 1:
+            fail("initial_batches", f"must be >= 1, got {self.initial_batches}")
+        if self.window < 1:
+            fail("window", f"must be >= 1 batch, got {self.window}")
+        if self.label_delay < 0:
+            fail("label_delay", f"must be >= 0 batches, got {self.label_delay}")
+        bad = [k for k in (*self.every, *self.every_held_out) if k < 1]
+        if bad:
+            fail("every", f"each k must be >= 1, got {bad}")
+        if self.max_batches is not None and self.max_batches <= self.initial_batches:
+            fail("max_batches", f"must exceed initial_batches ({self.initial_batches}), got {self.max_batches}")
+        if self.hour_column is not None and self.time_column is None:
+            fail("hour_column", "needs a time column (--time) to add the hours to")
+        if self.task is not None and self.task not in ("classification", "regression"):
+            fail("task", f"must be 'classification' or 'regression', got {self.task!r}")
+
+
+@dataclass
+class ReplayData:
+    """The table cut into batches, with the config the replay runs (features and target patched in)."""
+
+    config: ModelConfig
+    frame: pd.DataFrame  # row_id, ts, batch, features, label, known_at; sorted by time
+    batch_starts: list[pd.Timestamp]
+    batch_ends: list[pd.Timestamp]  # a step's as_of: the batch's newest row
+    period: timedelta
+    options: ReplayOptions
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_ends)
+
+
+def replay_config(raw: dict[str, Any], frame: pd.DataFrame, options: ReplayOptions, period: timedelta,
+                  source: str) -> ModelConfig:
+    """The YAML's estimator, training, triggers, promotion and rollback, with the data's columns.
+
+    Features listed in the YAML keep their kind (and drift overrides); others are numerical when
+    the column is numeric, else categorical. Classification labels come from the YAML, else from
+    the data. Windows: current = one period, training = ``window`` periods."""
+    if not isinstance(raw, dict):
+        raise ReplayError(f"config: {source}: expected a mapping at the top level")
+    data = dict(raw)
+    data.setdefault("name", _identifier(Path(source).stem))
+    task = options.task or data.get("task")
+    if task is None:
+        raise ReplayError("task: not in the config; give --task classification or --task regression")
+    data["task"] = task
+    listed = {f["name"]: f for f in data.get("features") or [] if isinstance(f, dict) and "name" in f}
+    names = list(options.features) if options.features is not None else (
+        list(listed) if listed else [c for c in frame.columns if c not in _excluded(options)]
+    )
+    missing = [name for name in names if name not in frame.columns]
+    if missing:
+        raise ReplayError(f"features: column(s) not in the data: {', '.join(missing)} "
+                          f"(columns: {', '.join(map(str, frame.columns))})")
+    if options.target in names:
+        raise ReplayError(f"features: the target '{options.target}' cannot also be a feature")
+    if not names:
+        raise ReplayError("features: none left (every column is the target or the time)")
+    data["features"] = [
+        listed.get(name) or {"name": name, "kind": "numerical" if pd.api.types.is_numeric_dtype(frame[name])
+                             else "categorical"}
+        for name in names
+    ]
+    target = dict(data.get("target") or {})
+    target["name"] = options.target
+    if task == "classification" and not target.get("labels"):
+        values = frame[options.target].dropna().unique().tolist()
+        try:
+            target["labels"] = sorted(values)
+        except TypeError:
+            target["labels"] = sorted(values, key=str)
+    if task == "regression":
+        target.pop("labels", None)
+    data["target"] = target
+    windows = dict(data.get("windows") or {})
+    windows.update(current=period.total_seconds(), training=(options.window * period).total_seconds())
+    data["windows"] = windows
+    try:
+        config = parse_config(data, source)
+    except ConfigError as exc:
+        raise ReplayError(f"config: {exc}") from None
+    if config.windows.holdout >= config.windows.training:
+        raise ReplayError(f"config: windows.holdout ({config.windows.holdout}) must be shorter than the training "
+                          f"window ({options.window} batches = {config.windows.training})")
+    return config
+
+
+def _identifier(text: str) -> str:
+    name = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_") or "replay"
+    return name if name[0].isalpha() else f"m_{name}"
+
+
+def _excluded(options: ReplayOptions) -> set[str]:
+    return {c for c in (options.target, options.time_column, options.hour_column) if c}
+
+
+def prepare(frame: pd.DataFrame, options: ReplayOptions, raw_config: dict[str, Any],
+            source: str = "<config>") -> ReplayData:
+    """Check the arguments against the data, order the rows, cut the batches, patch the config and
+    validate every batch as the DAG validates a window."""
+    from ml.validation import DataValidationError, check_labels, validate_window
+
+    options.check()
+    if options.target not in frame.columns:
+        raise ReplayError(f"target: column '{options.target}' not in the data "
+                          f"(columns: {', '.join(map(str, frame.columns))})")
+    for argument, column in (("time_column", options.time_column), ("hour_column", options.hour_column)):
+        if column is not None and column not in frame.columns:
+            raise ReplayError(f"{argument}: column '{column}' not in the data")
+    taken = [c for c in _OWN_COLUMNS if c in frame.columns and c not in _excluded(options)]
+    if taken:
+        raise ReplayError(f"data: column(s) {taken} clash with the replay's own columns; rename them")
+    if frame[options.target].isna().any():
+        raise ReplayError(f"target: {int(frame[options.target].isna().sum())} row(s) without a value")
+    if len(frame) == 0:
+        raise ReplayError("data: no rows")
+
+    ts = _times(frame, options).reset_index(drop=True)
+    order = np.argsort(ts.dt.tz_convert(None).to_numpy(), kind="stable")
+    frame = frame.iloc[order].reset_index(drop=True)
+    ts = ts.iloc[order].reset_index(drop=True)
+
+    if options.batch_rows is not None:
+        batch = np.arange(len(frame)) // options.batch_rows
+    else:
+        batch = ((ts - ts.iloc[0]) // pd.Timedelta(options.period)).to_numpy().astype(int)
+    # Gaps in time leave empty periods: number the batches that hold rows.
+    _, batch = np.unique(batch, return_inverse=True)
+    if options.max_batches is not None:
+        keep = batch < options.max_batches
+        frame, ts, batch = frame[keep].reset_index(drop=True), ts[keep].reset_index(drop=True), batch[keep]
+    n_batches = int(batch.max()) + 1
+    if n_batches <= options.initial_batches:
+        raise ReplayError(f"batch size: the data makes {n_batches} batch(es), not more than initial_batches "
+                          f"({options.initial_batches}); nothing would be predicted")
+
+    if options.period is not None:
+        period = options.period
+    elif options.time_column is None:
+        period = options.batch_rows * options.row_interval
+    else:  # row-count batches over real times: a batch lasts what it lasts; use the median
+        starts = pd.Series(ts).groupby(batch).min()
+        period = max(pd.Timedelta(starts.diff().median()).to_pytimedelta(), timedelta(seconds=1))
+
+    config = replay_config(raw_config, frame, options, period, source)
+    out = pd.DataFrame({"row_id": np.arange(len(frame)), "ts": ts.to_numpy(), "batch": batch})
+    out["ts"] = pd.to_datetime(out["ts"], utc=True)
+    for name in config.feature_names:
+        out[name] = frame[name].to_numpy()
+    try:
+        out["label"] = check_labels(frame[options.target].reset_index(drop=True), config, window="replay data").to_numpy()
+        starts = out.groupby("batch")["ts"].min().tolist()
+        ends = out.groupby("batch")["ts"].max().tolist()
+        checked = []
+        for b, part in out.groupby("batch", sort=True):
+            checked.append(validate_window(part, config, window=f"batch {b} ({starts[b]:%Y-%m-%d %H:%M})",
+                                           require_labels=True))
+    except DataValidationError as exc:
+        raise ReplayError(f"data: {exc}") from None
+    out = pd.concat(checked, ignore_index=True)
+    # Labels of batch b are known once batch b + delay has been predicted; the initial batches are
+    # the labelled history the first model learns from.
+    never = pd.Timestamp.max.tz_localize("UTC")
+    reveal = [ends[options.initial_batches - 1] if b < options.initial_batches
+              else ends[b + options.label_delay] if b + options.label_delay < n_batches else never
+              for b in range(n_batches)]
+    out["known_at"] = pd.to_datetime(pd.Series(reveal).iloc[out["batch"].to_numpy()].to_numpy(), utc=True)
+    return ReplayData(config, out, starts, ends, period, options)
+
+
+def _times(frame: pd.DataFrame, options: ReplayOptions) -> pd.Series:
+    """Row times: the time column (plus hours), or file order / an order column spaced by row_interval."""
+    step = pd.Timedelta(options.row_interval)
+    if options.time_column is None:
+        return pd.Series(EPOCH + step * np.arange(len(frame)))
+    column = frame[options.time_column]
+    if column.isna().any():
+        raise ReplayError(f"time_column: '{options.time_column}' has {int(column.isna().sum())} missing value(s)")
+    if pd.api.types.is_numeric_dtype(column) and options.hour_column is None:
+        # An order column (e.g. Elec2's normalised `date`): its rank gives the order, row_interval the spacing.
+        rank = np.argsort(np.argsort(column.to_numpy(), kind="stable"), kind="stable")
+        return pd.Series(EPOCH + step * rank)
+    try:
+        ts = pd.to_datetime(column, utc=True, format="mixed")
+    except (ValueError, TypeError) as exc:
+        raise ReplayError(f"time_column: '{options.time_column}' is not a date-time column ({exc}); "
+                          "omit --time to replay in file order") from None
+    if options.hour_column is not None:
+        hours = pd.to_numeric(frame[options.hour_column], errors="coerce")
+        if hours.isna().any():
+            raise ReplayError(f"hour_column: '{options.hour_column}' holds non-numeric or missing values")
+        ts = ts + pd.to_timedelta(hours, unit="h")
+    return ts.dt.tz_convert("UTC")
+
+
+# ---- the replayed world -------------------------------------------------------------------------
+
+
+class World:
+    """All rows and what a strategy may know at a step: rows up to the step's batch, and labels
+    revealed by then (``known_at <= as_of``). Time bounds are (after, until], as in the store."""
+
+    def __init__(self, data: ReplayData) -> None:
+        self.data = data
+        self.config = data.config
+        self.frame = data.frame
+        self.ts = self.frame["ts"].to_numpy(dtype="datetime64[ns]")
+        self.known_at = self.frame["known_at"].to_numpy(dtype="datetime64[ns]")
+        self.batch = self.frame["batch"].to_numpy()
+        self.bounds = np.searchsorted(self.batch, np.arange(data.n_batches + 1))  # rows of batch b: [b], [b+1]
+        # What the champion of each strategy predicted, per row (the store's prediction/score/version).
+        self.served: dict[str, dict[str, np.ndarray]] = {}
+
+    @staticmethod
+    def t64(value: Any) -> np.datetime64:
+        return np.datetime64(pd.Timestamp(value).tz_convert("UTC").tz_localize(None), "ns")
+
+    def as_of(self, step: int) -> pd.Timestamp:
+        return self.data.batch_ends[step]
+
+    def rows(self, step: int, *, after: Any = None, until: Any = None, labelled: bool = False) -> np.ndarray:
+        """Mask of rows stored by ``step`` with ts in (after, until], labelled ones only if asked."""
+        mask = np.zeros(len(self.frame), dtype=bool)
+        mask[: self.bounds[step + 1]] = True
+        if after is not None:
+            mask &= self.ts > self.t64(after)
+        if until is not None:
+            mask &= self.ts <= self.t64(until)
+        if labelled:
+            mask &= self.known_at <= self.t64(self.as_of(step))
+        return mask
+
+    def batch_rows(self, b: int) -> slice:
+        return slice(int(self.bounds[b]), int(self.bounds[b + 1]))
+
+    def latest_labelled(self, step: int) -> pd.Timestamp | None:
+        mask = self.rows(step, labelled=True)
+        return pd.Timestamp(self.ts[mask].max(), tz="UTC") if mask.any() else None
+
+    def labelled_batches(self, step: int) -> list[int]:
+        known = self.known_at[self.bounds[:-1]] <= self.t64(self.as_of(step))
+        return [b for b in range(step + 1) if known[b]]
+
+
+# ---- strategies ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    batch: int  # the step (batch just revealed) at which it happened
+    time: str
+    kind: str  # retrain, promote, reject, rollback, failed
+    detail: str = ""
+
+
+@dataclass
+class StrategyStats:
+    retrains: int = 0
+    promotions: int = 0
+    rejections: int = 0
+    rollbacks: int = 0
+    failures: int = 0
+    fit_seconds: float = 0.0
+    events: list[Event] = field(default_factory=list)
+
+
+_COUNTERS = {"retrain": "retrains", "promote": "promotions", "reject": "rejections", "rollback": "rollbacks",
+             "failed": "failures"}
+
+
+class Strategy:
+    name: str
+
+    def __init__(self) -> None:
+        self.stats = StrategyStats()
+        self.model: Any = None
+        self.model_end: pd.Timestamp | None = None  # newest row the serving model learned from
+        self.live = False  # set once the first model is in place
+
+    def start(self, world: World, step: int) -> None:
+        raise NotImplementedError
+
+    def act(self, world: World, step: int) -> None:
+        raise NotImplementedError
+
+    def note(self, world: World, step: int, kind: str, detail: str = "") -> None:
+        """Record an event; it counts once the replay is live (the first model is not a retrain)."""
+        self.stats.events.append(Event(step, world.as_of(step).isoformat(), kind, detail))
+        if self.live:
+            counter = _COUNTERS[kind]
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+
+    def predict(self, world: World, b: int) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+        from ml.training import predict
+
+        frame = world.frame.iloc[world.batch_rows(b)]
+        prediction, score = predict(world.config, self.model, frame)
+        return prediction, score, None
+
+
+class Baseline(Strategy):
+    """Static (``every=None``) or a full retrain on the last ``window`` labelled batches every k
+    batches; with ``held_out``, on Driftline's candidate window instead (the newest
+    ``windows.holdout`` of labelled rows left out), to show what the holdout costs."""
+
+    def __init__(self, every: int | None, held_out: bool = False) -> None:
+        super().__init__()
+        self.every = every
+        self.held_out = held_out
+        self.name = STATIC if every is None else f"every_{every}" + ("_held_out" if held_out else "")
+
+    def _fit(self, world: World, step: int) -> None:
+        from ml.loop import training_start
+        from ml.training import fit_full
+
+        if self.held_out:
+            holdout_start = world.latest_labelled(step) - world.config.windows.holdout
+            after, _ = training_start(world.config, holdout_start.to_pydatetime(), None)
+            rows = world.rows(step, after=after, until=holdout_start, labelled=True)
+        else:
+            known = world.labelled_batches(step)[-world.data.options.window:]
+            rows = np.zeros(len(world.frame), dtype=bool)
+            for b in known:
+                rows[world.batch_rows(b)] = True
+        train = world.frame[rows]
+        started = time.perf_counter()
+        self.model = fit_full(world.config, train)
+        self.stats.fit_seconds += time.perf_counter() - started
+        self.model_end = train["ts"].max()
+
+    def start(self, world: World, step: int) -> None:
+        self._fit(world, step)
+
+    def act(self, world: World, step: int) -> None:
+        if self.every is None or (step - world.data.options.initial_batches + 1) % self.every:
+            return
+        try:
+            self._fit(world, step)
+        except ValueError as exc:  # e.g. one class only in the window: keep the model
+            self.note(world, step, "failed", str(exc))
+            return
+        self.note(world, step, "retrain")
+        self.note(world, step, "promote")  # a baseline serves every model it trains
+
+
+@dataclass
+class _Version:
+    """A registered model version, as the registry's tags describe it."""
+
+    version: int
+    model: Any
+    data_start: pd.Timestamp
+    data_end: pd.Timestamp
+    metric: float | None = None  # eval_<metric>: its own score on the holdout at its evaluation
+    promoted_at: pd.Timestamp | None = None
+    previous: int | None = None  # the previous_champion tag set when it was promoted
+
+
+@dataclass
+class Step:
+    """What the Driftline strategy saw and did at one step (the DAG's audit entry)."""
+
+    batch: int
+    as_of: str
+    drift_share: float | None
+    live_metric: float | None
+    live_rows: int
+    trigger: str
+    summary: str
+    action: str  # skipped, promoted, rejected, failed (+ "rolled back" by the guard)
+    champion: int | None
+    guard: str = "keep"
+
+
+class Driftline(Strategy):
+    """The continuous-training DAG's steps, in process: guard, validate, drift, decide, train,
+    evaluate, promote or reject."""
+
+    def __init__(self, config: ModelConfig, name: str = DRIFTLINE) -> None:
+        super().__init__()
+        self.name = name
+        self.config = config
+        self.versions: dict[int, _Version] = {}
+        self.champion: int | None = None
+        self.previous: int | None = None
+        self.last_retrain: pd.Timestamp | None = None
+        self.last_rejection: pd.Timestamp | None = None
+        self.drift_history: list[tuple[pd.Timestamp, float | None]] = []
+        self.steps: list[Step] = []
+        self.uses_drift = config.triggers.drift_share is not None or config.triggers.prediction_drift
+
+    # -- serving --
+
+    def predict(self, world: World, b: int) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+        prediction, score, _ = super().predict(world, b)
+        return prediction, score, self.champion
+
+    def _set_champion(self, version: int | None) -> None:
+        self.champion = version
+        self.model = self.versions[version].model if version is not None else None
+        self.model_end = self.versions[version].data_end if version is not None else None
+
+    # -- the steps --
+
+    def start(self, world: World, step: int) -> None:
+        self.act(world, step)
+        if self.champion is None:
+            failed = [e.detail for e in self.stats.events if e.kind == "failed"]
+            why = failed[-1] if failed else self.steps[-1].summary
+            raise ReplayError(f"{self.name}: no first model after the initial batches: {why}")
+
+    def act(self, world: World, step: int) -> None:
+        from ml.triggers import decide
+
+        as_of = world.as_of(step)
+        guard = self._guard(world, step)
+        drift, live, live_rows = self._check(world, step)
+        facts = self._facts(world, step, drift, live, live_rows)
+        decision = decide(self.config.triggers, facts)
+        action = "skipped"
+        if decision.retrain:
+            action = self._retrain(world, step, decision)
+        self.steps.append(Step(step, as_of.isoformat(), None if drift is None else drift.drift_share, live, live_rows,
+                               decision.kind, decision.summary(), action, self.champion, guard))
+
+    def _guard(self, world: World, step: int) -> str:
+        """ml.loop.guard_champion: the champion against its predecessor on the rows it served."""
+        from ml.evaluation import compute_metric
+        from ml.loop import guard_verdict
+        from ml.training import predict
+
+        cfg = self.config
+        if self.champion is None or self.previous is None or not cfg.rollback.auto:
+            return "keep"
+        champion = self.versions[self.champion]
+        served = world.served[self.name]
+        mask = world.rows(step, after=champion.promoted_at, labelled=True) & (served["version"] == self.champion)
+        if mask.sum() < cfg.rollback.min_labelled_rows:
+            return "keep"
+        rows = world.frame[mask]
+        metric, pos = cfg.promotion.metric, cfg.positive_label
+        scores = served["score"][mask]
+        live = compute_metric(metric, rows["label"], served["prediction"][mask], None if np.isnan(scores).any()
+                              else scores, pos_label=pos)
+        before_pred, before_score = predict(cfg, self.versions[self.previous].model, rows)
+        before = compute_metric(metric, rows["label"], before_pred, before_score, pos_label=pos)
+        if guard_verdict(cfg, live, before) != "rollback":
+            return "keep"
+        restored, demoted = self.previous, self.champion
+        self._set_champion(restored)
+        before_restored = self.versions[restored].previous
+        self.previous = before_restored if before_restored != restored else None
+        self.versions[restored].promoted_at = world.as_of(step)  # a new probation starts now
+        detail = f"v{demoted} {metric} {live:.3f} vs v{restored} {before:.3f} on {int(mask.sum())} rows it served"
+        self.note(world, step, "rollback", detail)
+        return f"rollback: {detail}"
+
+    def _check(self, world: World, step: int) -> tuple[Any, float | None, int]:
+        """ml.loop.check_drift: drift of the current batch against the champion's training rows,
+        and the champion's metric on the labels that arrived in this period."""
+        from ml.drift import compute_drift
+        from ml.evaluation import compute_metric
+
+        cfg = self.config
+        as_of = world.as_of(step)
+        drift = None
+        if self.uses_drift and self.champion is not None:
+            champion = self.versions[self.champion]
+            current = world.frame[world.rows(step, after=as_of - cfg.windows.current, until=as_of)]
+            reference = world.frame[world.rows(step, after=champion.data_start - pd.Timedelta(microseconds=1),
+                                               until=champion.data_end)]
+            served = world.served[self.name]
+            current = current.assign(score=served["score"][current.index])
+            reference = reference.assign(score=served["score"][reference.index])
+            drift = compute_drift(reference, current, cfg.features, num_method=cfg.triggers.num_method,
+                                  cat_method=cfg.triggers.cat_method,
+                                  prediction_column="score" if cfg.triggers.prediction_drift else None)
+        live, rows = None, 0
+        if self.champion is not None:
+            served = world.served[self.name]
+            fresh = world.known_at > world.t64(as_of - cfg.windows.current)
+            fresh &= world.rows(step, labelled=True) & (served["version"] == self.champion)
+            rows = int(fresh.sum())
+            if rows:
+                scores = served["score"][fresh]
+                try:
+                    live = compute_metric(cfg.promotion.metric, world.frame["label"].to_numpy()[fresh],
+                                          served["prediction"][fresh], None if np.isnan(scores).any() else scores,
+                                          pos_label=cfg.positive_label)
+                except ValueError:  # e.g. one class only in a small batch: no live metric this time
+                    live = None
+        return drift, live, rows
+
+    def _facts(self, world: World, step: int, drift: Any, live: float | None, live_rows: int) -> Any:
+        """ml.loop.gather_facts, from the replay's memory instead of the store and registry."""
+        from ml.triggers import TriggerInputs, drift_onset
+
+        cfg = self.config
+        as_of = world.as_of(step)
+        champion = self.versions.get(self.champion) if self.champion is not None else None
+        onset = None
+        labels_after_onset = 0
+        if drift is not None:
+            start = as_of - cfg.windows.current
+            onset = drift_onset(self.drift_history, (start, drift.drift_share), cfg.triggers.drift_share)
+            self.drift_history.append((start, drift.drift_share))
+            latest = world.latest_labelled(step)
+            if onset is not None and latest is not None:
+                labels_after_onset = int(world.rows(step, after=onset, until=latest - cfg.windows.holdout,
+                                                    labelled=True).sum())
+        new_labels = int(world.rows(step, after=champion.data_end if champion else None, labelled=True).sum())
+        return TriggerInputs(
+            has_champion=champion is not None,
+            drift_share=None if drift is None else drift.drift_share,
+            drifted_features=() if drift is None else tuple(drift.drifted_features),
+            n_features=len(cfg.features),
+            prediction_drifted=bool(drift is not None and drift.prediction and drift.prediction.drifted),
+            metric=cfg.promotion.metric,
+            greater_is_better=cfg.greater_is_better,
+            live_metric=live,
+            live_rows=live_rows,
+            reference_metric=champion.metric if champion else None,
+            model_age=(as_of - champion.data_end).to_pytimedelta() if champion else None,
+            since_last_retrain=(as_of - self.last_retrain).to_pytimedelta() if self.last_retrain is not None else None,
+            since_last_rejection=(as_of - self.last_rejection).to_pytimedelta()
+            if self.last_rejection is not None else None,
+            new_labels=new_labels,
+            drift_onset=None if onset is None else pd.Timestamp(onset).to_pydatetime(),
+            labels_after_onset=labels_after_onset,
+        )
+
+    def _retrain(self, world: World, step: int, decision: Any) -> str:
+        """ml.loop.train_candidate + evaluate_candidate + choose_outcome + promote / reject."""
+        from ml.evaluation import evaluate_candidate
+        from ml.loop import MIN_HOLDOUT_ROWS, MIN_TRAIN_ROWS, choose_outcome, training_start
+        from ml.training import TrainingError, fit_full, fit_incremental, predict
+        from ml.validation import DataValidationError, validate_window
+
+        cfg = self.config
+        as_of = world.as_of(step)
+        latest = world.latest_labelled(step)
+        champion = self.versions.get(self.champion) if self.champion is not None else None
+        try:
+            if latest is None:
+                raise DataValidationError(f"{cfg.name}: no labelled rows known at {as_of.isoformat()}")
+            holdout_start = latest - cfg.windows.holdout
+            strategy = cfg.training.strategy if champion is not None else "full"
+            if strategy == "incremental":
+                after = champion.data_end
+            else:
+                after, _ = training_start(cfg, holdout_start.to_pydatetime(), decision.train_after)
+            train = world.frame[world.rows(step, after=after, until=holdout_start, labelled=True)]
+            train = validate_window(train, cfg, window="training", require_labels=True, min_rows=MIN_TRAIN_ROWS)
+            holdout = world.frame[world.rows(step, after=holdout_start, until=latest, labelled=True)]
+            holdout = validate_window(holdout, cfg, window="holdout", require_labels=True, min_rows=MIN_HOLDOUT_ROWS)
+            started = time.perf_counter()
+            model = fit_incremental(cfg, champion.model, train) if strategy == "incremental" else fit_full(cfg, train)
+            self.stats.fit_seconds += time.perf_counter() - started
+        except (DataValidationError, TrainingError) as exc:
+            self.note(world, step, "failed", str(exc))
+            return "failed"
+        version = max(self.versions, default=0) + 1
+        start = champion.data_start if strategy == "incremental" else train["ts"].min()
+        candidate = _Version(version, model, start, train["ts"].max())
+        self.versions[version] = candidate
+        self.last_retrain = as_of
+        self.note(world, step, "retrain", f"v{version} ({decision.kind}) on {len(train)} rows "
+                  f"{candidate.data_start:%Y-%m-%d %H:%M}..{candidate.data_end:%Y-%m-%d %H:%M}: "
+                  f"{'; '.join(decision.reasons)}")
+
+        challenger_pred, challenger_score = predict(cfg, model, holdout)
+        champion_pred = champion_score = None
+        if champion is not None:
+            champion_pred, champion_score = predict(cfg, champion.model, holdout)
+        gate = cfg.promotion
+        result = evaluate_candidate(
+            metric=gate.metric, y_true=holdout["label"], challenger_pred=challenger_pred,
+            challenger_score=challenger_score, champion_pred=champion_pred, champion_score=champion_score,
+            challenger_version=version, champion_version=self.champion, min_improvement=gate.min_improvement,
+            significance=gate.significance, floor=gate.floor, n_resamples=gate.bootstrap_samples,
+            seed=cfg.training.random_state, pos_label=cfg.positive_label,
+        )
+        candidate.metric = result.challenger
+        if choose_outcome(result.to_dict(), decision.to_dict()) == "promote":
+            candidate.promoted_at = as_of
+            candidate.previous = self.champion
+            self.previous = self.champion
+            self._set_champion(version)
+            self.note(world, step, "promote", result.summary())
+            return "promoted"
+        # A candidate that is never served is dropped from memory (the registry would keep it).
+        candidate.model = None
+        self.last_rejection = as_of
+        self.note(world, step, "reject", result.summary())
+        return "rejected"
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class StrategyResult:
+    name: str
+    metric: float
+    retrains: int
+    promotions: int
+    rejections: int
+    rollbacks: int
+    failures: int
+    fit_seconds: float
+    batch_metrics: list[float | None]  # per predicted batch
+    model_data_end: list[str]  # per predicted batch: the newest row the serving model learned from
+    events: list[dict[str, Any]]
+
+
+@dataclass
+class ReplayResult:
+    name: str
+    metric: str
+    greater_is_better: bool
+    task: str
+    rows: int
+    batches: int
+    initial_batches: int
+    period: str
+    label_delay: int
+    window: int
+    batch_starts: list[str]  # every batch
+    strategies: list[StrategyResult]
+    steps: dict[str, list[dict[str, Any]]]  # per Driftline variant: what it saw and did at each step
+    configs: dict[str, dict[str, Any]]  # per Driftline variant: the config it ran
+    seconds: float
+
+    def strategy(self, name: str) -> StrategyResult:
+        for result in self.strategies:
+            if result.name == name:
+                return result
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplayResult:
+        """Back from :meth:`to_dict` (keys it does not know, e.g. a benchmark's own, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["strategies"] = [StrategyResult(**s) for s in values["strategies"]]
+        return cls(**values)
+
+    def table_markdown(self) -> str:
+        lines = [f"| strategy | {self.metric} | retrains | promotions | rejections | rollbacks | fit time (s) |",
+                 "|---|---|---|---|---|---|---|"]
+        for s in self.strategies:
+            lines.append(f"| {label(s.name)} | {s.metric:.4g} | {s.retrains} | {s.promotions} | {s.rejections} | "
+                         f"{s.rollbacks} | {s.fit_seconds:.1f} |")
+        return "\n".join(lines)
+
+
+def label(name: str) -> str:
+    if name.startswith("every_"):
+        k = int(name.split("_")[1])
+        text = "retrain every batch" if k == 1 else f"retrain every {k} batches"
+        return text + (", newest holdout left out" if name.endswith("_held_out") else "")
+    if name.startswith(DRIFTLINE + "_"):
+        return f"Driftline ({name.removeprefix(DRIFTLINE + '_').replace('_', ' ')})"
+    return {STATIC: "static (never retrain)", DRIFTLINE: "Driftline"}.get(name, name)
+
+
+def run(data: ReplayData, *, name: str = "replay", variants: dict[str, ModelConfig] | None = None,
+        progress: Any = None) -> ReplayResult:
+    """Replay every strategy over the same batches (see the module docstring for the protocol).
+
+    ``variants``: Driftline strategies by name, each with its own config (same data columns);
+    default ``{"driftline": data.config}``; ``{}`` runs the baselines only."""
+    from ml.evaluation import compute_metric
+
+    started = time.perf_counter()
+    options, config = data.options, data.config
+    world = World(data)
+    strategies: list[Strategy] = [Baseline(None), *(Baseline(k) for k in sorted(set(options.every))),
+                                  *(Baseline(k, held_out=True) for k in sorted(set(options.every_held_out)))]
+    variants = {DRIFTLINE: config} if variants is None else variants
+    strategies += [Driftline(cfg, variant) for variant, cfg in variants.items()]
+    names = [s.name for s in strategies]
+    if len(set(names)) != len(names):
+        raise ReplayError(f"variants: strategy names must be unique, got {names}")
+    n = len(world.frame)
+    for strategy in strategies:
+        world.served[strategy.name] = {"prediction": np.empty(n, dtype=object), "score": np.full(n, np.nan),
+                                       "version": np.zeros(n, dtype=np.int64)}
+    first = options.initial_batches
+    for strategy in strategies:
+        strategy.start(world, first - 1)
+        strategy.live = True
+    ends: dict[str, list[str]] = {s.name: [] for s in strategies}
+    for b in range(first, data.n_batches):
+        rows = world.batch_rows(b)
+        for strategy in strategies:
+            # Prequential: the serving model learned from rows strictly before this batch.
+            if strategy.model_end is not None and strategy.model_end >= data.batch_starts[b]:
+                raise RuntimeError(f"{strategy.name}: model saw rows of batch {b} before predicting it")
+            prediction, score, version = strategy.predict(world, b)
+            served = world.served[strategy.name]
+            served["prediction"][rows] = prediction
+            if score is not None:
+                served["score"][rows] = score
+            served["version"][rows] = version or 0
+            ends[strategy.name].append(strategy.model_end.isoformat() if strategy.model_end is not None else "")
+        for strategy in strategies:
+            strategy.act(world, b)
+        if progress:
+            progress(b, data.n_batches, strategies)
+
+    predicted = slice(int(world.bounds[first]), n)
+    truth = world.frame["label"].to_numpy()
+    metric, pos = config.promotion.metric, config.positive_label
+    results = []
+    for strategy in strategies:
+        served = world.served[strategy.name]
+        scores = served["score"][predicted]
+        overall = compute_metric(metric, truth[predicted], served["prediction"][predicted],
+                                 None if np.isnan(scores).any() else scores, pos_label=pos)
+        per_batch: list[float | None] = []
+        for b in range(first, data.n_batches):
+            rows = world.batch_rows(b)
+            try:
+                s = served["score"][rows]
+                per_batch.append(compute_metric(metric, truth[rows], served["prediction"][rows],
+                                                None if np.isnan(s).any() else s, pos_label=pos))
+            except ValueError:
+                per_batch.append(None)
+        st = strategy.stats
+        results.append(StrategyResult(strategy.name, overall, st.retrains, st.promotions, st.rejections, st.rollbacks,
+                                      st.failures, round(st.fit_seconds, 3), per_batch, ends[strategy.name],
+                                      [asdict(e) for e in st.events]))
+    from ml.config import format_duration
+
+    return ReplayResult(
+        name=name, metric=metric, greater_is_better=config.greater_is_better, task=config.task, rows=n,
+        batches=data.n_batches, initial_batches=first, period=format_duration(data.period),
+        label_delay=options.label_delay, window=options.window,
+        batch_starts=[t.isoformat() for t in data.batch_starts], strategies=results,
+        steps={s.name: [asdict(step) for step in s.steps] for s in strategies if isinstance(s, Driftline)},
+        configs={s.name: s.config.snapshot() for s in strategies if isinstance(s, Driftline)},
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+# ---- the plot -----------------------------------------------------------------------------------
+
+
+def plot(result: ReplayResult, path: str | Path, *, smooth: int = 4, title: str | None = None) -> Path:
+    """Top: the metric per batch (rolling mean over ``smooth`` batches) of every strategy. Bottom:
+    one row per Driftline variant with its retrains, each promoted (^) or rejected (o), and its
+    rollbacks (x); the drift share where a variant computed it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first = result.initial_batches
+    x = pd.to_datetime(result.batch_starts[first:])
+    variants = [s for s in result.strategies if s.name in result.steps]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 6), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 0.5 + 0.45 * max(1, len(variants))]})
+    fixed = {STATIC: "#95a5a6", DRIFTLINE: "#c0392b"}
+    baselines = iter(["#2e86de", "#1abc9c", "#34495e", "#7fb3d5", "#48c9b0"])
+    others = iter(["#8e44ad", "#e67e22", "#b7950b", "#6e2c00", "#ff66cc"])
+    colour = {s.name: fixed.get(s.name) or next(others if s.name in result.steps else baselines)
+              for s in result.strategies}
+    for s in result.strategies:
+        series = pd.Series([np.nan if v is None else v for v in s.batch_metrics], index=x)
+        driftline = s.name in result.steps
+        top.plot(x, series.rolling(smooth, min_periods=1).mean(), color=colour[s.name],
+                 linewidth=2.2 if s.name == DRIFTLINE else 1.5 if driftline else 1.0,
+                 linestyle="-" if driftline else "--", zorder=3 if s.name == DRIFTLINE else 2,
+                 label=f"{label(s.name)}: {s.metric:.4g}, {s.retrains} retrains")
+    top.set_ylabel(f"{result.metric} ({smooth}-batch mean)")
+    top.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    top.set_title(title or f"{result.name}: batch-prequential {result.metric}", fontsize=11)
+    shown = set()
+    # Every retrain ends in a promotion or a rejection (or a failed training); the first model is not shown.
+    marks = {"promote": ("^", 34, "candidate promoted"), "reject": ("o", 22, "candidate rejected"),
+             "rollback": ("x", 44, "rolled back"), "failed": ("s", 16, "training failed")}
+    for row, s in enumerate(variants):
+        y = len(variants) - row
+        for kind, (marker, size, text) in marks.items():
+            times = [pd.Timestamp(e["time"]) for e in s.events if e["kind"] == kind and e["batch"] >= first]
+            if times:
+                style = ({"color": colour[s.name]} if marker == "x" else
+                         {"facecolors": "none" if kind in ("reject", "failed") else colour[s.name],
+                          "edgecolors": colour[s.name]})
+                bottom.scatter(times, [y] * len(times), marker=marker, s=size, linewidths=1.0,
+                               label=None if kind in shown else text, **style)
+                shown.add(kind)
+    shares = next(([(pd.Timestamp(st["as_of"]), st["drift_share"]) for st in steps if st["drift_share"] is not None]
+                   for steps in result.steps.values() if any(st["drift_share"] is not None for st in steps)), [])
+    if shares:
+        twin = bottom.twinx()
+        twin.plot([t for t, _ in shares], [v for _, v in shares], color="#f1c40f", linewidth=0.8)
+        twin.set_ylabel("drift share", fontsize=8)
+        twin.set_ylim(0, 1.05)
+    bottom.set_yticks(range(len(variants), 0, -1), [label(s.name) for s in variants], fontsize=7.5)
+    bottom.set_ylim(0.4, len(variants) + 0.6)
+    if shown:
+        bottom.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.06 if shares else 1.01, 1.0),
+                      borderaxespad=0)
+    bottom.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    from ml.replay_cli import main
+
+    sys.exit(main())
