@@ -15,6 +15,11 @@ Wired in two places, both configuration:
 from __future__ import annotations
 
 import evidently.metrics  # noqa: F401  (the drift check; ~300 MB, shared copy-on-write)
+import mlflow.sklearn  # noqa: F401  (ml.loop imports MLflow only when a task first calls it)
+import mlflow.store.model_registry.rest_store  # noqa: F401  (tasks reach the MLflow server over HTTP)
+import mlflow.store.tracking.rest_store  # noqa: F401
+from mlflow import MlflowClient  # noqa: F401
+from mlflow.models import infer_signature  # noqa: F401
 
 import ml.drift
 import ml.evaluation
