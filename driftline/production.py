@@ -33,6 +33,7 @@ from driftline.stack import (
     free_port,
     port_free,
     seed_dev_login,
+    serve,
     stop,
     wait_http,
 )
@@ -367,31 +368,16 @@ def up(airflow_port: int = 8080, mlflow_port: int = 5000, workers: int = 2) -> i
         print(f"driftline up --celery: {problem}", file=sys.stderr)
         return 2
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        print(f"Starting the production stack: PostgreSQL databases {', '.join(stack.databases.values())}, "
-              f"MLflow server, Airflow with {workers} Celery worker(s) ...", flush=True)
-        stack.start()
-        if not stack.wait_ready(600):
-            print(f"driftline up --celery: a component did not start; see the logs in {stack.logs}", file=sys.stderr)
-            return 1
-        print(f"\n  Airflow UI : {stack.airflow_url}   (login {DEV_USER} / {DEV_PASSWORD})")
-        print(f"  MLflow UI  : {stack.mlflow_url}")
-        print(f"  Processes  : mlflow, {', '.join(COMPONENTS)}, {', '.join(stack.workers)}")
-        print(f"  Logs       : {stack.logs}")
-        print(f"  Env        : set -a; . {stack.logs.parent / 'production.env'}; set +a   (airflow / driftline by hand)")
-        print("\nCtrl-C stops everything.", flush=True)
-        while stack.alive():
-            time.sleep(1)
-        dead = [name for name, proc in stack.named.items() if proc.poll() is not None]
-        print(f"driftline up --celery: {', '.join(dead)} exited; stopping the rest (see {stack.logs})", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nStopping ...", flush=True)
-        return 0
-    finally:
-        stack.stop()
+    return serve(
+        stack, command="driftline up --celery", ready_timeout=600,
+        starting=f"Starting the production stack: PostgreSQL databases {', '.join(stack.databases.values())}, "
+                 f"MLflow server, Airflow with {workers} Celery worker(s) ...",
+        banner=lambda: [f"  Airflow UI : {stack.airflow_url}   (login {DEV_USER} / {DEV_PASSWORD})",
+                        f"  MLflow UI  : {stack.mlflow_url}",
+                        f"  Processes  : mlflow, {', '.join(COMPONENTS)}, {', '.join(stack.workers)}",
+                        f"  Logs       : {stack.logs}",
+                        f"  Env        : set -a; . {stack.logs.parent / 'production.env'}; set +a   (by hand)"],
+        not_ready=lambda: f"see the logs in {stack.logs}",
+        died=lambda: f"{', '.join(n for n, p in stack.named.items() if p.poll() is not None)} exited; "
+                     f"stopping the rest (see {stack.logs})",
+    )

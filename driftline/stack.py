@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from driftline import env
 
@@ -136,27 +138,39 @@ def up(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
         print(f"driftline up: {taken}; stop what holds it or choose another port (--airflow-port / --mlflow-port)",
               file=sys.stderr)
         return 2
+    from ml.settings import get_settings
+
+    return serve(
+        stack, command="driftline up", ready_timeout=360,
+        starting=f"Starting MLflow and Airflow (logs in {get_settings().home / 'logs'}) ...",
+        banner=lambda: [f"  Airflow UI : {stack.airflow_url}   (login {DEV_USER} / {DEV_PASSWORD})",
+                        f"  MLflow UI  : {stack.mlflow_url}", f"  State      : {get_settings().home}"],
+        not_ready=lambda: f"see {stack.logs}/mlflow.log and {stack.logs}/airflow.log",
+        died=lambda: "a component exited; stopping the rest",
+    )
+
+
+def serve(stack: Any, *, command: str, ready_timeout: float, starting: str, banner: Callable[[], list[str]],
+          not_ready: Callable[[], str], died: Callable[[], str]) -> int:
+    """Start ``stack`` (``start``/``wait_ready``/``alive``/``stop``), print ``banner()`` once it is ready and
+    keep it up until Ctrl-C or SIGTERM (0) or until a component exits (1); always stop it on the way out.
+    Shared by ``driftline up`` and ``driftline up --celery``."""
 
     def interrupt(signum, frame):  # also when started in the background, where SIGINT may be ignored
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    from ml.settings import get_settings
-
     try:
+        print(starting, flush=True)
         stack.start()
-        print(f"Starting MLflow and Airflow (logs in {stack.logs}) ...", flush=True)
-        if not stack.wait_ready(360):
-            print(f"driftline up: a component did not start; see {stack.logs}/mlflow.log and {stack.logs}/airflow.log",
-                  file=sys.stderr)
+        if not stack.wait_ready(ready_timeout):
+            print(f"{command}: a component did not start; {not_ready()}", file=sys.stderr)
             return 1
-        print(f"\n  Airflow UI : {stack.airflow_url}   (login {DEV_USER} / {DEV_PASSWORD})")
-        print(f"  MLflow UI  : {stack.mlflow_url}")
-        print(f"  State      : {get_settings().home}\n\nCtrl-C stops both.", flush=True)
+        print("\n" + "\n".join(banner()) + "\n\nCtrl-C stops everything.", flush=True)
         while stack.alive():
             time.sleep(1)
-        print("driftline up: a component exited; stopping the rest", file=sys.stderr)
+        print(f"{command}: {died()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nStopping ...", flush=True)
