@@ -150,6 +150,10 @@ class TriggerPolicy(_Strict):
     prediction_drift: bool = False
     metric_floor: float | None = None
     max_relative_drop: float | None = Field(default=None, gt=0, lt=1)
+    # What max_relative_drop measures the live metric against: "evaluation", the champion's score on
+    # the holdout when it was promoted; or "served", its metric over its first windows.current of
+    # served rows once rollback.min_labelled_rows of them are labelled (the evaluation until then).
+    drop_reference: Literal["evaluation", "served"] = "evaluation"
     max_model_age: Duration | None = None
     cooldown: Duration = timedelta(0)
     # After the gate rejected a candidate, hold automatic retrains back this long, and count the

@@ -242,6 +242,34 @@ def compute_metric(
 # instead of thousands of scikit-learn calls. Undefined resamples come out as NaN.
 
 
+
+def served_baseline(
+    metric: str,
+    labelled: Any,
+    first_served: Any,
+    span: Any,
+    min_rows: int,
+    *,
+    pos_label: Any = None,
+) -> tuple[float | None, int]:
+    """A model's level in production: ``metric`` over the labelled rows it served within ``span``
+    of ``first_served`` (the time of the first row it served). ``labelled``: rows it served whose
+    labels are known, with ``ts, label, prediction, score``. Returns ``(value, rows)``; ``value`` is
+    None below ``min_rows`` rows (too few to be a level) or where the metric is undefined on them.
+
+    Why not the holdout score at promotion: that is a few days of rows, and a lucky or unlucky draw
+    there makes a relative-drop trigger fire every time or never (see docs/benchmarks.md, P3)."""
+    rows = labelled[labelled["ts"] <= first_served + span]
+    if len(rows) < min_rows:
+        return None, len(rows)
+    scores = rows["score"].to_numpy(dtype=float)
+    try:
+        value = compute_metric(metric, rows["label"], rows["prediction"].to_numpy(),
+                               None if np.isnan(scores).any() else scores, pos_label=pos_label)
+    except ValueError:
+        return None, len(rows)
+    return value, len(rows)
+
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)

@@ -26,7 +26,7 @@ from ml.config import ModelConfig, format_duration
 from ml.settings import Settings, get_settings
 from ml.store import Store
 from ml.training import DataWindow, data_window, fit_full, fit_incremental, predict
-from ml.triggers import Decision, TriggerInputs, drift_onset
+from ml.triggers import Decision, TriggerInputs, drift_onset, drop_reference
 from ml.triggers import decide as decide_trigger
 from ml.validation import DataValidationError, validate_window
 
@@ -313,12 +313,15 @@ def check_drift(config: ModelConfig, run: RunInfo, *, keep_report: bool = True) 
             )
         except ValueError as exc:  # e.g. one class only in a small batch: no live metric this time
             log.info("live metric not computed: %s", exc)
+    baseline, baseline_rows = _served_baseline(ctx, champion, as_of)
     performance = {
         "metric": config.promotion.metric,
         "live": live,
         "rows": len(fresh),
         "champion_metric": champion.metric if champion else None,
         "champion": champion.version if champion else None,
+        "served_baseline": baseline,
+        "served_baseline_rows": baseline_rows,
     }
     experiment, check_run = _log_check(ctx, run, as_of, drift, performance)
     base = ctx.settings.mlflow_ui_url
@@ -364,6 +367,24 @@ def _log_check(
         return experiment, active.info.run_id
 
 
+def _served_baseline(ctx: Context, champion: ChampionInfo | None, as_of: datetime) -> tuple[float | None, int]:
+    """The champion's level over its first ``windows.current`` served (labels known by ``as_of``),
+    for ``triggers.drop_reference: served``; (None, 0) when the policy does not use it."""
+    from ml.evaluation import served_baseline
+
+    cfg = ctx.config
+    if champion is None or cfg.triggers.drop_reference != "served":
+        return None, 0
+    served = ctx.store.load(cfg.name, cfg.feature_names, ts_until=as_of, labelled_until=as_of,
+                            version=champion.version)
+    labelled = served[served["label"].notna() & served["prediction"].notna()]
+    if labelled.empty:
+        return None, 0
+    labelled = validate_window(labelled, cfg, window="served by the champion", require_labels=True)
+    return served_baseline(cfg.promotion.metric, labelled, served["ts"].min(), cfg.windows.current,
+                           cfg.rollback.min_labelled_rows, pos_label=cfg.positive_label)
+
+
 def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datetime) -> TriggerInputs:
     from ml.drift import DriftResult
 
@@ -373,6 +394,8 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
     last = _last_retrain_time(ctx)
     rejected = _last_rejection_time(ctx)
     perf = check["performance"]
+    reference, reference_label = drop_reference(cfg.triggers, perf["champion_metric"], perf.get("served_baseline"),
+                                                cfg.windows.current)
     force = bool(run.param("force", False))
     onset = _drift_onset(ctx, as_of, drift.drift_share)
     labels_after_onset = 0
@@ -392,7 +415,8 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
         greater_is_better=cfg.greater_is_better,
         live_metric=perf["live"],
         live_rows=perf["rows"],
-        reference_metric=perf["champion_metric"],
+        reference_metric=reference,
+        reference_label=reference_label,
         model_age=(as_of - champion.data_end) if champion and champion.data_end else None,
         since_last_retrain=(as_of - last) if last else None,
         since_last_rejection=(as_of - rejected) if rejected else None,

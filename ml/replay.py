@@ -635,7 +635,7 @@ class Driftline(Strategy):
 
     def _facts(self, world: World, step: int, drift: Any, live: float | None, live_rows: int) -> Any:
         """ml.loop.gather_facts, from the replay's memory instead of the store and registry."""
-        from ml.triggers import TriggerInputs, drift_onset
+        from ml.triggers import TriggerInputs, drift_onset, drop_reference
 
         cfg = self.config
         as_of = world.as_of(step)
@@ -651,6 +651,8 @@ class Driftline(Strategy):
                 labels_after_onset = int(world.rows(step, after=onset, until=latest - cfg.windows.holdout,
                                                     labelled=True).sum())
         new_labels = int(world.rows(step, after=champion.data_end if champion else None, labelled=True).sum())
+        reference, reference_label = drop_reference(cfg.triggers, champion.metric if champion else None,
+                                                    self._served_baseline(world, step), cfg.windows.current)
         return TriggerInputs(
             has_champion=champion is not None,
             drift_share=None if drift is None else drift.drift_share,
@@ -661,7 +663,8 @@ class Driftline(Strategy):
             greater_is_better=cfg.greater_is_better,
             live_metric=live,
             live_rows=live_rows,
-            reference_metric=champion.metric if champion else None,
+            reference_metric=reference,
+            reference_label=reference_label,
             model_age=(as_of - champion.data_end).to_pytimedelta() if champion else None,
             since_last_retrain=(as_of - self.last_retrain).to_pytimedelta() if self.last_retrain is not None else None,
             since_last_rejection=(as_of - self.last_rejection).to_pytimedelta()
@@ -670,6 +673,24 @@ class Driftline(Strategy):
             drift_onset=None if onset is None else pd.Timestamp(onset).to_pydatetime(),
             labels_after_onset=labels_after_onset,
         )
+
+    def _served_baseline(self, world: World, step: int) -> float | None:
+        """ml.loop._served_baseline: the champion's level over its first windows.current served."""
+        from ml.evaluation import served_baseline
+
+        cfg = self.config
+        if self.champion is None or cfg.triggers.drop_reference != "served":
+            return None
+        served = world.served[self.name]
+        by_champion = served["version"] == self.champion
+        if not by_champion.any():
+            return None
+        mask = by_champion & world.rows(step, labelled=True)
+        labelled = world.frame[mask].assign(prediction=served["prediction"][mask], score=served["score"][mask])
+        first = world.frame["ts"][by_champion].min()
+        value, _ = served_baseline(cfg.promotion.metric, labelled, first, cfg.windows.current,
+                                   cfg.rollback.min_labelled_rows, pos_label=cfg.positive_label)
+        return value
 
     def _retrain(self, world: World, step: int, decision: Any) -> str:
         """ml.loop.train_candidate + evaluate_candidate + choose_outcome + promote / reject."""

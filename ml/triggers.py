@@ -40,7 +40,8 @@ class TriggerInputs:
     greater_is_better: bool = True
     live_metric: float | None = None  # champion's metric on newly labelled rows
     live_rows: int = 0
-    reference_metric: float | None = None  # the champion's own evaluation at promotion
+    reference_metric: float | None = None  # what max_relative_drop compares with (policy.drop_reference)
+    reference_label: str = "at promotion"  # how the decision names it
     model_age: timedelta | None = None  # data time since the end of the champion's training window
     since_last_retrain: timedelta | None = None  # None: never retrained
     since_last_rejection: timedelta | None = None  # data time since the last rejected candidate's; None: none yet
@@ -97,6 +98,17 @@ class Decision:
         )
 
 
+def drop_reference(
+    policy: TriggerPolicy, evaluation: float | None, served: float | None, span: timedelta
+) -> tuple[float | None, str]:
+    """What ``max_relative_drop`` compares the live metric with, and how a decision names it:
+    the champion's level over its first ``span`` served when the policy asks for it and it is known
+    (``served``, see :func:`ml.evaluation.served_baseline`), else its evaluation at promotion."""
+    if policy.drop_reference == "served" and served is not None:
+        return served, f"in its first {format_duration(span)} served"
+    return evaluation, "at promotion"
+
+
 def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]:
     reasons: list[str] = []
     if policy.drift_share is not None and facts.drift_share is not None and facts.drift_share >= policy.drift_share:
@@ -119,7 +131,7 @@ def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]
             drop = (ref - live) / abs(ref) if better else (live - ref) / abs(ref)
             if drop >= policy.max_relative_drop:
                 reasons.append(
-                    f"live {facts.metric} {live:.3f} is {drop:.1%} worse than at promotion ({ref:.3f}), "
+                    f"live {facts.metric} {live:.3f} is {drop:.1%} worse than {facts.reference_label} ({ref:.3f}), "
                     f">= {policy.max_relative_drop:.0%} allowed (n={facts.live_rows})"
                 )
     return reasons

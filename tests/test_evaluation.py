@@ -7,6 +7,7 @@ import json
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
@@ -404,3 +405,51 @@ def test_round_trip_and_renderings():
 def test_value_errors_name_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ---- a model's level in production (triggers.drop_reference: served) ------------------------------
+
+
+def _served(n: int, start: str = "2026-01-01", hours: int = 1, right: int | None = None) -> pd.DataFrame:
+    """``n`` hourly served rows; the first ``right`` predictions are correct, the rest wrong."""
+    right = n if right is None else right
+    label = np.array([1, 0] * (n // 2) + [1] * (n % 2))
+    prediction = np.where(np.arange(n) < right, label, 1 - label)
+    return pd.DataFrame({"ts": pd.date_range(start, periods=n, freq=f"{hours}h", tz="UTC"), "label": label,
+                         "prediction": prediction, "score": np.full(n, np.nan)})
+
+
+def test_served_baseline_is_the_first_span_only():
+    from datetime import timedelta
+
+    from ml.evaluation import served_baseline
+
+    rows = _served(48, right=24)  # day 1 all right, day 2 all wrong
+    first = rows["ts"].min()
+    value, n = served_baseline("accuracy", rows, first, timedelta(hours=23), min_rows=10)
+    assert (value, n) == (1.0, 24)
+    value, n = served_baseline("accuracy", rows, first, timedelta(hours=47), min_rows=10)
+    assert (value, n) == (0.5, 48)
+
+
+def test_served_baseline_counts_from_the_first_row_served_not_the_first_labelled():
+    from datetime import timedelta
+
+    from ml.evaluation import served_baseline
+
+    rows = _served(48, right=24)
+    # Labels of the first 12 h are not known yet: the span still starts at the first row served.
+    value, n = served_baseline("accuracy", rows.iloc[12:], rows["ts"].min(), timedelta(hours=23), min_rows=10)
+    assert (value, n) == (1.0, 12)
+
+
+def test_served_baseline_needs_min_rows_and_a_defined_metric():
+    from datetime import timedelta
+
+    from ml.evaluation import served_baseline
+
+    rows = _served(20)
+    assert served_baseline("accuracy", rows, rows["ts"].min(), timedelta(days=1), min_rows=21) == (None, 20)
+    assert served_baseline("accuracy", rows[:0], rows["ts"].min(), timedelta(days=1), min_rows=1) == (None, 0)
+    one_class = rows[rows["label"] == 1].assign(score=0.7)
+    assert served_baseline("roc_auc", one_class, rows["ts"].min(), timedelta(days=1), min_rows=1) == (None, 10)

@@ -430,3 +430,49 @@ def test_dag_facts_know_when_a_candidate_was_last_rejected(tmp_path, config):
     assert _last_rejection_time(ctx) == pd.Timestamp("2026-01-05", tz="UTC")
     store.audit(config.name, "promoted", version=3)  # the newest candidate won: v2 stays the last rejection
     assert _last_rejection_time(ctx) == pd.Timestamp("2026-01-05", tz="UTC")
+
+
+def test_dag_served_baseline_reads_the_champions_first_day_from_the_store(tmp_path, config):
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from ml.evaluation import compute_metric
+    from ml.loop import ChampionInfo, _served_baseline
+    from ml.simulator import CreditDefaultSimulator
+    from ml.store import Store
+    from ml.validation import validate_incoming, validate_incoming_labels
+
+    served_cfg = config.model_copy(update={"triggers": config.triggers.model_copy(update={"drop_reference": "served"})})
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    sim = CreditDefaultSimulator(seed=3, rows_per_period=500)
+    rng = np.random.default_rng(0)
+    days = [sim.batch(p) for p in range(3)]
+    for p, batch in enumerate(days):
+        rows = validate_incoming(batch.features, config)
+        store.add_observations(config.name, rows, config.feature_names)
+        store.add_labels(config.name, validate_incoming_labels(batch.labels, config))
+        # v1 served day 0, v2 days 1 and 2, with scores that are informative on day 1 only.
+        labels = batch.labels.set_index("row_id")["label"].reindex(rows["row_id"]).to_numpy()
+        score = np.clip(labels * 0.6 + rng.uniform(0, 0.4, len(rows)), 0, 1) if p == 1 else rng.uniform(size=len(rows))
+        store.record_predictions(config.name, pd.DataFrame({"row_id": rows["row_id"], "prediction": (score > 0.5)
+                                 .astype(int), "score": score}), version=1 if p == 0 else 2, scored_at=datetime.now(UTC))
+    as_of = sim.period_start(3)
+    champion = ChampionInfo(version=2, data_start=None, data_end=None, metric=0.9, promoted_at=None, previous=1)
+    value, n = _served_baseline(SimpleNamespace(config=served_cfg, store=store), champion, as_of)
+    day1 = store.load(config.name, config.feature_names, version=2, labelled_only=True, ts_until=sim.period_start(2))
+    assert n == len(day1) >= served_cfg.rollback.min_labelled_rows
+    assert value == pytest.approx(compute_metric("roc_auc", day1["label"].astype(int), None,
+                                                 day1["score"].to_numpy(dtype=float))) and value > 0.9
+    # With the policy's default (the evaluation at promotion) nothing is read.
+    assert _served_baseline(SimpleNamespace(config=config, store=store), champion, as_of) == (None, 0)
+
+
+def test_replay_relative_drop_against_the_served_level(tmp_path):
+    raw = raw_config(metric_floor=None, max_relative_drop=0.3, drop_reference="served")
+    raw["windows"]["current"] = "60h"
+    raw["rollback"]["min_labelled_rows"] = 30
+    data = prepared(stream(flip_at=8), raw)
+    result = replay.run(data, variants={"driftline": data.config})
+    first = next(e for e in result.strategy("driftline").events if e["kind"] == "retrain" and e["batch"] >= 4)
+    assert first["batch"] == 8
+    assert re.search(r"worse than in its first \S+ served \(\d\.\d{3}\)", first["detail"]), first["detail"]

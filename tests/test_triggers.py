@@ -433,3 +433,33 @@ def test_onset_uses_earliest_window_start_not_order():
     # overlapping current windows: an older check may start later than a newer one
     history = [(D[2], 0.5), (D[1], 0.5)]
     assert drift_onset(history, (D[5], 0.5), 0.3) == D[1]
+
+
+# ---- what max_relative_drop compares with -------------------------------------------------------
+
+
+def test_drop_reference_uses_the_served_level_only_when_asked_and_known():
+    from ml.triggers import drop_reference
+
+    span = timedelta(days=1)
+    assert drop_reference(policy(), 0.80, 0.70, span) == (0.80, "at promotion")
+    served = policy(drop_reference="served")
+    assert drop_reference(served, 0.80, 0.70, span) == (0.70, "in its first 1d served")
+    assert drop_reference(served, 0.80, None, span) == (0.80, "at promotion")  # too few labelled rows yet
+
+
+def test_relative_drop_against_the_served_level_names_it():
+    # 0.66 is 17.5% below the 0.80 evaluation but only 5.7% below the 0.70 it showed while serving.
+    live = {"live_metric": 0.66, "live_rows": 120}
+    assert "worse than at promotion (0.800)" in decide(policy(), facts(**live, reference_metric=0.80)).summary()
+    d = decide(policy(max_relative_drop=0.1),
+               facts(**live, reference_metric=0.70, reference_label="in its first 1d served"))
+    assert d.kind == "none"
+    d = decide(policy(max_relative_drop=0.05),
+               facts(**live, reference_metric=0.70, reference_label="in its first 1d served"))
+    assert d.kind == "threshold" and "5.7% worse than in its first 1d served (0.700)" in d.summary()
+
+
+def test_bad_drop_reference_is_refused():
+    with pytest.raises(ValueError, match="drop_reference"):
+        policy(drop_reference="holdout")
