@@ -14,13 +14,16 @@ Wired in two places, both configuration:
 
 from __future__ import annotations
 
+# Importing is the point. ml.loop imports MLflow only when a task first calls
+# it, so MLflow's client, its REST stores (tasks reach the server over HTTP) and its sklearn flavour
+# are named here too.
 import evidently.metrics  # noqa: F401  (the drift check; ~300 MB, shared copy-on-write)
-import mlflow.sklearn  # noqa: F401  (ml.loop imports MLflow only when a task first calls it)
-import mlflow.store.model_registry.rest_store  # noqa: F401  (tasks reach the MLflow server over HTTP)
-import mlflow.store.tracking.rest_store  # noqa: F401
-from mlflow import MlflowClient  # noqa: F401
-from mlflow.models import infer_signature  # noqa: F401
+import mlflow.models
+import mlflow.sklearn
+import mlflow.store.model_registry.rest_store
+import mlflow.store.tracking.rest_store
+import mlflow.tracking  # noqa: F401
 
 import ml.drift
 import ml.evaluation
-import ml.loop  # noqa: F401  (pandas, scikit-learn, MLflow client, the store, the registry)
+import ml.loop  # noqa: F401  (pandas, scikit-learn, the store, the registry)
