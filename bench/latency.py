@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,9 +38,11 @@ def _parse(ts: str | None) -> float | None:
     return datetime.fromisoformat(ts).timestamp() if ts else None
 
 
-def seed(rows_per_period: int) -> Any:
-    """Days 0-3 and a first champion (v1, an in-process DAG run), then the downturn's days 4-8 with
-    their labels: the event's retrain trains on post-downturn data and beats v1."""
+def seed(rows_per_period: int, run_ct: Callable[[dict[str, Any]], bool] | None = None) -> Any:
+    """Days 0-3 and a first champion (v1), then the downturn's days 4-8 with their labels: the event's
+    retrain trains on post-downturn data and beats v1. ``run_ct(conf)`` runs the continuous-training
+    DAG once and says whether it succeeded: by default an in-process DAG run (before the stack starts);
+    the Celery variant passes runs through the live stack's REST API."""
     from driftline import runner
     from ml.config import load_config
     from ml.loop import Context
@@ -46,7 +50,12 @@ def seed(rows_per_period: int) -> Any:
     from ml.simulator import CreditDefaultSimulator, DriftPhase
     from ml.validation import validate_incoming, validate_incoming_labels
 
-    runner.prepare()
+    if run_ct is None:
+        runner.prepare()
+
+        def run_ct(conf: dict[str, Any]) -> bool:
+            return runner.run_dag(CT, conf).ok
+
     settings = get_settings()
     ctx = Context.open(load_config(settings.models_dir / f"{MODEL}.yaml"), settings)
     sim = CreditDefaultSimulator(seed=7, rows_per_period=rows_per_period, phases=[DriftPhase(DRIFT_START, 1.0, 1.0)])
@@ -61,12 +70,12 @@ def seed(rows_per_period: int) -> Any:
                 ctx.store.add_labels(MODEL, validate_incoming_labels(due, ctx.config))
 
     deliver(3)
-    assert runner.run_dag(CT, {"retrain": True, "reason": "benchmark: first champion"}).ok
+    assert run_ct({"retrain": True, "reason": "benchmark: first champion"}), "seeding run 1 failed"
     assert ctx.registry.champion() == 1, "seeding did not promote v1"
     # Day 6's run sees the downturn begin and holds (no post-drift labels yet), as in the demo; by
     # day 8 the labels from after it are in, so the event's retrain learns the new regime.
     deliver(DRIFT_START)
-    assert runner.run_dag(CT).ok
+    assert run_ct({}), "seeding run 2 failed"
     deliver(8)
     return ctx
 
@@ -106,21 +115,27 @@ def dag_import_seconds(repeats: int = 3) -> dict[str, float]:
     return out
 
 
+def wait_parsed(api: Any, timeout: float) -> None:
+    """Until the DAG processor has parsed the DAG file (the new-labels asset gets an id then)."""
+    from driftline import events
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            api.asset_id(events.messages.asset_name(MODEL))
+            return
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def measure(stack, ctx, timeout: float) -> dict[str, Any]:
     from driftline import events
     from driftline.api import AirflowApi
 
     api = AirflowApi(stack.airflow_url)
-    # The DAG processor must have parsed the file (the asset gets an id then).
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            api.asset_id(events.messages.asset_name(MODEL))
-            break
-        except KeyError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(2)
+    wait_parsed(api, 300)
     api.unpause(CT)
     # A running deployment has warm executor workers; a fresh one starts them (and, with Driftline's
     # config, the fork server's preload) on its first task. Pay that once, measured apart, first.
@@ -161,9 +176,11 @@ def measure(stack, ctx, timeout: float) -> dict[str, Any]:
 VARIANTS = {
     "airflow_defaults": {"AIRFLOW__SCHEDULER__MP_START_METHOD": "fork"},
     "driftline": {},
+    "celery": {},  # driftline up --celery: PostgreSQL, Redis, two Celery workers (skipped without them)
 }
 LABELS = {"airflow_defaults": "LocalExecutor, Airflow's default fork start-up",
-          "driftline": "LocalExecutor, Driftline's config (fork server preloads `driftline.preload`)"}
+          "driftline": "LocalExecutor, Driftline's config (fork server preloads `driftline.preload`)",
+          "celery": "CeleryExecutor, 2 workers, PostgreSQL (`driftline up --celery`; workers preload `driftline.preload`)"}
 
 
 def table(runs: dict[str, dict[str, Any]]) -> str:
@@ -187,7 +204,8 @@ def _seconds(value: float | None) -> str:
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
-    runs = results["runs"]
+    skipped = "".join(f"\n{LABELS[n]}: skipped, {r['skipped']}.\n" for n, r in results["runs"].items() if "skipped" in r)
+    runs = {n: r for n, r in results["runs"].items() if "skipped" not in r}
     rows = "\n".join(
         f"| {LABELS[name]} | {_seconds(r['event_to_run_queued_s'])} | {_seconds(r['event_to_champion_s'])} | "
         f"{_seconds(r['event_to_run_end_s'])} | `{r['branch']}` | "
@@ -195,7 +213,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"{_seconds(r['first_task_after_start_s'])} |"
         for name, r in runs.items())
     ratio = ""
-    if {"airflow_defaults", "driftline"} <= runs.keys() and all(runs[n]["event_to_champion_s"] for n in runs):
+    if {"airflow_defaults", "driftline"} <= runs.keys() and all(runs[n]["event_to_champion_s"]
+                                                              for n in ("airflow_defaults", "driftline")):
         ratio = (f"\nDriftline's config cuts event → champion by "
                  f"{runs['airflow_defaults']['event_to_champion_s'] / runs['driftline']['event_to_champion_s']:.1f}× "
                  f"in this run.\n")
@@ -205,7 +224,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 A new-labels event posted through Airflow's REST API (as a labelling job would) until
 `models:/{MODEL}@champion` names the new version in MLflow, on the live stack `make up` starts
-(api-server, scheduler, dag-processor, triggerer; MLflow server over HTTP; SQLite), with the
+(api-server, scheduler, dag-processor, triggerer; MLflow server over HTTP; SQLite) and, for the
+Celery variant, the one `driftline up --celery` starts (the same processes plus two Celery workers,
+Redis as broker, PostgreSQL for Airflow, MLflow and the store), with the
 simulator's default size ({results['rows_per_period']} rows a day, 4-day training window). Each
 variant gets a fresh state and stack in the same benchmark run. Command: `{command}`.
 Machine: {results['machine']}.
@@ -213,7 +234,7 @@ Machine: {results['machine']}.
 | variant | event → run queued | event → champion alias visible | event → run finished | branch | goal < 60 s | warm-up: first run on a cold stack |
 |---|---:|---:|---:|---|---|---:|
 {rows}
-{ratio}
+{skipped}{ratio}
 The warm-up is a one-task scoring run right after the stack starts, before the event: executor
 workers (and, with Driftline's config, the fork server and its preload) start on the first task, and
 a running deployment has paid that long before its next event.
@@ -247,6 +268,8 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
                 "AIRFLOW_HOME"):
         os.environ.pop(var, None)
     os.environ.update(VARIANTS[variant])
+    if variant == "celery":
+        return run_celery(args)
     from driftline import env, stack
 
     ports = {name: stack.free_port() for name in ("airflow", "mlflow", "log", "trigger_log")}
@@ -270,17 +293,59 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         stack_start = round(time.monotonic() - started, 1)
         # Read the registry over HTTP, as the tasks do.
         os.environ["MLFLOW_TRACKING_URI"] = live.mlflow_url
-        from ml.config import load_config
-        from ml.loop import Context
-        from ml.settings import get_settings
-
-        ctx = Context.open(load_config(get_settings().models_dir / f"{MODEL}.yaml"))
-        result = measure(live, ctx, args.timeout)
-        result["stack_start_s"] = stack_start
-        result["logs"] = str(live.logs)
-        return result
+        return measure_on(live, stack_start, args.timeout)
     finally:
         live.stop()
+
+
+def measure_on(live: Any, stack_start: float, timeout: float) -> dict[str, Any]:
+    """:func:`measure` on a started stack, with the model's context from the environment."""
+    from ml.config import load_config
+    from ml.loop import Context
+    from ml.settings import get_settings
+
+    ctx = Context.open(load_config(get_settings().models_dir / f"{MODEL}.yaml"))
+    result = measure(live, ctx, timeout)
+    result["stack_start_s"] = stack_start
+    result["logs"] = str(live.logs)
+    return result
+
+
+def run_celery(args: argparse.Namespace) -> dict[str, Any]:
+    """The production stack (``driftline up --celery``) on databases made for this run and dropped
+    after. Its Airflow database is PostgreSQL, so the seeding runs go through the live stack too."""
+    from driftline import production, stack
+    from driftline.api import AirflowApi
+
+    pg, redis = production.pg_url(), production.redis_url()
+    problem = production.service_problem(pg, redis)
+    if problem:
+        return {"skipped": f"PostgreSQL or Redis not reachable ({problem})"}
+    prefix = f"dlbench_{uuid.uuid4().hex[:8]}"
+    live = production.ProductionStack(stack.free_port(), stack.free_port(), workers=2, pg=pg, redis=redis,
+                                      db_prefix=prefix, extra_env={"DRIFTLINE_TASK_RETRIES": "0",
+                                                                   "DRIFTLINE_REDIS_CHANNEL_PREFIX": prefix})
+    os.environ["DRIFTLINE_STORE_URL"] = live.urls()["store"]
+    os.environ["MLFLOW_TRACKING_URI"] = live.mlflow_url
+    started = time.monotonic()
+    try:
+        live.start()
+        if not live.wait_ready(600):
+            raise RuntimeError(f"production stack did not start; see {live.logs}")
+        stack_start = round(time.monotonic() - started, 1)
+        api = AirflowApi(live.airflow_url)
+        wait_parsed(api, 300)
+        api.unpause(CT)
+
+        def run_ct(conf: dict[str, Any]) -> bool:
+            run = api.trigger(CT, conf)
+            return api.wait(CT, run["dag_run_id"], timeout=args.timeout)["state"] == "success"
+
+        seed(args.rows_per_period, run_ct)
+        return measure_on(live, stack_start, args.timeout)
+    finally:
+        live.stop()
+        production.drop_databases(pg, list(live.databases.values()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-per-period", type=int, default=800)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--smoke", action="store_true", help="Driftline's config only (one stack, not two)")
+    parser.add_argument("--only", help=f"comma-separated variants ({', '.join(VARIANTS)}); default: all")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # one child run
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -297,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     variants = ["driftline"] if args.smoke else list(VARIANTS)
+    if args.only:
+        variants = [v.strip() for v in args.only.split(",")]
+        unknown = set(variants) - set(VARIANTS)
+        if unknown:
+            parser.error(f"--only: unknown variant(s) {sorted(unknown)}; choose from {sorted(VARIANTS)}")
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "rows_per_period": args.rows_per_period,
@@ -314,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     command = ".venv/bin/python -m bench.latency" + (" --smoke" if args.smoke else "")
     (args.out / "latency.md").write_text(markdown(results, command))
     print(markdown(results, command))
-    return 0 if all(r["run_state"] == "success" for r in results["runs"].values()) else 1
+    return 0 if all(r.get("run_state") == "success" or "skipped" in r for r in results["runs"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -35,3 +35,18 @@ def test_latency_smoke_measures_an_event_driven_promotion(tmp_path):
     assert run["event_to_run_queued_s"] + run["wait_s"] + run["work_s"] <= run["event_to_run_end_s"] + 1.0
     section = (out / "latency.md").read_text()
     assert section.startswith("## P2") and "`promote`" in section
+
+
+def test_a_skipped_variant_is_named_with_its_reason_and_left_out_of_the_tables():
+    from bench import latency
+
+    task = {"task": "promote", "state": "success", "wait_s": 0.5, "work_s": 2.0}
+    run = {"event_to_run_queued_s": 0.4, "event_to_champion_s": 30.0, "event_to_run_end_s": 33.0,
+           "branch": "retrain_on_event", "first_task_after_start_s": 9.0, "tasks": [task], "wait_s": 0.5,
+           "work_s": 2.0, "run_state": "success"}
+    results = {"machine": "x", "rows_per_period": 800, "dag_import_s": {"dag_file": 4.0, "airflow_sdk_only": 2.0},
+               "runs": {"driftline": run, "celery": {"skipped": "PostgreSQL or Redis not reachable (refused)"}}}
+    md = latency.markdown(results, "cmd")
+    assert f"{latency.LABELS['celery']}: skipped, PostgreSQL or Redis not reachable (refused)." in md
+    assert "celery: waiting" not in md and "driftline: waiting (s)" in md
+    assert f"| {latency.LABELS['driftline']} | 0.4 s | 30.0 s | 33.0 s | `retrain_on_event` | met |" in md
