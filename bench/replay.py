@@ -384,8 +384,8 @@ POLICY = """\
 No policy tried reached the Elec2 or Bike goal (the table above and the exploratory replays below): on
 these two data sets, with weekly batches and a 4-week window, the freshest model wins and a trigger
 can at best match a fixed schedule of the same size. Every candidate must also give up the newest
-2 days to the gate, and the gate, judging on those 2 days, keeps the older champion about one time in
-three. The default is therefore chosen for the things the runs do separate: few candidates, none
+2 days to the gate, and the gate, judging on those 2 days, sends some of them back (the *rejections*
+column). The default is therefore chosen for the things the runs do separate: few candidates, none
 trained for nothing on a stationary stream, and no large loss against a schedule of similar size.
 It is the same in the three `bench/configs/*.yaml` except where said (durations assume weekly
 batches: scale them with your cadence):
