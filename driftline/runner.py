@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -77,6 +78,12 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, quiet: bool = Tr
         for name in ("airflow", "airflow.task", "airflow.models", "airflow.sdk", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger("mlflow").setLevel(logging.ERROR)
+        # dag.test() warns "No tasks to run" each second while a branch's skipped tasks wait for
+        # their trigger rules: normal in every branching run, noise between the demo's lines.
+        logging.getLogger("airflow.sdk.definitions.dag").setLevel(logging.ERROR)
+        # dag.test() serves the Execution API in process through Starlette's TestClient, which warns
+        # about its own httpx use on first import; nothing a Driftline user can act on.
+        warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient` is deprecated")
     dag_run = dag.test(run_conf=conf, logical_date=datetime.now(UTC))
     states = {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state)
               for ti in dag_run.get_task_instances()}
