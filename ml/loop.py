@@ -391,8 +391,9 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
     cfg = ctx.config
     drift = DriftResult.from_dict(check["drift"])
     champion = champion_info(ctx)
-    last = _last_retrain_time(ctx)
-    rejected = _last_rejection_time(ctx)
+    candidates = _candidate_times(ctx)
+    last = max(candidates.values(), default=None)
+    rejected = _last_rejection_time(ctx, candidates)
     perf = check["performance"]
     reference, reference_label = drop_reference(cfg.triggers, perf["champion_metric"], perf.get("served_baseline"),
                                                 cfg.windows.current)
@@ -445,19 +446,18 @@ def _drift_onset(ctx: Context, as_of: datetime, share: float) -> datetime | None
     return drift_onset(history, (as_of - current, share), ctx.config.triggers.drift_share)
 
 
-def _last_retrain_time(ctx: Context) -> datetime | None:
+def _candidate_times(ctx: Context) -> dict[int, datetime]:
+    """Data time of every registered candidate, by version (from the audit log)."""
     entries = ctx.store.audit_log(ctx.config.name, ["registered"])
-    times = [_time(e["details"]["data_time"]) for e in entries if (e["details"] or {}).get("data_time")]
-    return max(times) if times else None
+    return {e["version"]: _time(e["details"]["data_time"]) for e in entries if (e["details"] or {}).get("data_time")}
 
 
-def _last_rejection_time(ctx: Context) -> datetime | None:
-    """Data time of the newest candidate the gate rejected (for the policy's rejection_backoff)."""
+def _last_rejection_time(ctx: Context, times: dict[int, datetime] | None = None) -> datetime | None:
+    """Data time of the newest candidate the gate rejected (for the policy's rejection_backoff);
+    ``times``: :func:`_candidate_times`, when the caller has them already."""
+    times = _candidate_times(ctx) if times is None else times
     rejected = {e["version"] for e in ctx.store.audit_log(ctx.config.name, ["rejected"])}
-    entries = ctx.store.audit_log(ctx.config.name, ["registered"])
-    times = [_time(e["details"]["data_time"]) for e in entries
-             if e["version"] in rejected and (e["details"] or {}).get("data_time")]
-    return max(times) if times else None
+    return max((t for version, t in times.items() if version in rejected), default=None)
 
 
 def record_asset_events(config: ModelConfig, events: list[dict[str, Any]]) -> int:
