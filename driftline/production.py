@@ -358,18 +358,9 @@ def mlflow_command(port: int, backend: str, artifacts: Path) -> list[str]:
 def up(airflow_port: int = 8080, mlflow_port: int = 5000, workers: int = 2) -> int:
     """Start the production stack and keep it up until Ctrl-C / SIGTERM."""
     stack = ProductionStack(airflow_port, mlflow_port, workers=workers)
-    taken = stack.check_ports()
-    if taken:
-        print(f"driftline up: {taken}; stop what holds it or choose another port (--airflow-port / --mlflow-port)",
-              file=sys.stderr)
-        return 2
-    problem = service_problem(stack.pg, stack.redis)
-    if problem:
-        print(f"driftline up --celery: {problem}", file=sys.stderr)
-        return 2
-
     return serve(
         stack, command="driftline up --celery", ready_timeout=600,
+        preflight=lambda: service_problem(stack.pg, stack.redis),
         starting=f"Starting the production stack: PostgreSQL databases {', '.join(stack.databases.values())}, "
                  f"MLflow server, Airflow with {workers} Celery worker(s) ...",
         banner=lambda: [f"  Airflow UI : {stack.airflow_url}   (login {DEV_USER} / {DEV_PASSWORD})",

@@ -133,11 +133,6 @@ class Stack:
 
 def up(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
     stack = Stack(airflow_port, mlflow_port)
-    taken = stack.check_ports()
-    if taken:
-        print(f"driftline up: {taken}; stop what holds it or choose another port (--airflow-port / --mlflow-port)",
-              file=sys.stderr)
-        return 2
     from ml.settings import get_settings
 
     return serve(
@@ -151,10 +146,21 @@ def up(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
 
 
 def serve(stack: Any, *, command: str, ready_timeout: float, starting: str, banner: Callable[[], list[str]],
-          not_ready: Callable[[], str], died: Callable[[], str]) -> int:
-    """Start ``stack`` (``start``/``wait_ready``/``alive``/``stop``), print ``banner()`` once it is ready and
-    keep it up until Ctrl-C or SIGTERM (0) or until a component exits (1); always stop it on the way out.
-    Shared by ``driftline up`` and ``driftline up --celery``."""
+          not_ready: Callable[[], str], died: Callable[[], str],
+          preflight: Callable[[], str | None] = lambda: None) -> int:
+    """Start ``stack`` (``check_ports``/``start``/``wait_ready``/``alive``/``stop``), print ``banner()``
+    once it is ready and keep it up until Ctrl-C or SIGTERM (0) or until a component exits (1); always
+    stop it on the way out. A taken port, or a problem ``preflight()`` names (checked after the
+    ports), ends it before anything starts (2). Shared by ``driftline up`` and ``driftline up --celery``."""
+    taken = stack.check_ports()
+    if taken:
+        print(f"{command}: {taken}; stop what holds it or choose another port (--airflow-port / --mlflow-port)",
+              file=sys.stderr)
+        return 2
+    problem = preflight()
+    if problem:
+        print(f"{command}: {problem}", file=sys.stderr)
+        return 2
 
     def interrupt(signum, frame):  # also when started in the background, where SIGINT may be ignored
         raise KeyboardInterrupt

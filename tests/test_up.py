@@ -106,18 +106,19 @@ def test_up_serves_both_uis_and_ctrl_c_stops_them(tmp_path):
     assert (tmp_path / "state" / "logs").is_dir()
 
 
-def test_up_refuses_a_taken_port(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--celery"]], ids=["embedded", "celery"])
+def test_up_refuses_a_taken_port(tmp_path, flags):
     import socket
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
-        result = subprocess.run([str(BIN / "driftline"), "up", "--airflow-port", str(taken)], check=False,
-                                cwd=ROOT,
-                                env=_env(tmp_path / "state"), capture_output=True, text=True, timeout=120)
+        result = subprocess.run([str(BIN / "driftline"), "up", *flags, "--airflow-port", str(taken)], check=False,
+                                cwd=ROOT, env=_env(tmp_path / "state"), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert f"port {taken}" in result.stderr and "in use" in result.stderr
+    command = " ".join(["driftline up", *flags])
+    assert f"{command}: port {taken} (Airflow) is in use" in result.stderr, result.stderr
 
 
 @pytest.mark.production
