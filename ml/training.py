@@ -15,7 +15,8 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+from sklearn.utils import get_tags
 
 from ml.config import ModelConfig
 
@@ -38,23 +39,54 @@ class DataWindow:
 
 
 def build_pipeline(config: ModelConfig) -> Pipeline:
+    """Preprocessing and estimator in one pipeline. Categorical features are encoded the way the
+    estimator can take them: ordinal codes plus ``categorical_features`` where it has native support
+    (HistGradientBoosting*), else one-hot, kept sparse only for estimators that accept sparse input.
+    Categories unseen at fit time never fail a prediction."""
+    estimator_cls = config.estimator.load_class()
+    params = dict(config.estimator.params)
+    defaults = estimator_cls().get_params()
+    if "random_state" in defaults and "random_state" not in params:
+        params["random_state"] = config.training.random_state
+    native = bool(config.categorical) and "categorical_features" in defaults
+    if native and "categorical_features" in params:
+        raise TrainingError(
+            f"{config.name}: estimator.params.categorical_features is set by Driftline from the features' "
+            "kind: remove it from the YAML"
+        )
+
     transformers = []
     if config.numerical:
         numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
         transformers.append(("num", numeric, config.numerical))
+    sparse_ok = True
     if config.categorical:
-        categorical = Pipeline(
-            [
-                ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
-                ("onehot", OneHotEncoder(handle_unknown="ignore")),
-            ]
-        )
-        transformers.append(("cat", categorical, config.categorical))
-    estimator_cls = config.estimator.load_class()
-    params = dict(config.estimator.params)
-    if "random_state" in estimator_cls().get_params() and "random_state" not in params:
-        params["random_state"] = config.training.random_state
-    return Pipeline([("preprocess", ColumnTransformer(transformers)), ("model", estimator_cls(**params))])
+        impute = ("impute", SimpleImputer(strategy="constant", fill_value="missing"))
+        if native:
+            # Codes 0..max_bins-1 (the rarest categories share the last code past that); unseen
+            # categories become NaN, which the trees route like a missing value.
+            encoder = OrdinalEncoder(
+                handle_unknown="use_encoded_value", unknown_value=np.nan,
+                max_categories=int(params.get("max_bins", defaults.get("max_bins", 255))),
+            )
+            # The ColumnTransformer puts numerical columns first, then the categorical ones.
+            first = len(config.numerical)
+            params["categorical_features"] = list(range(first, first + len(config.categorical)))
+        else:
+            sparse_ok = _accepts_sparse(estimator_cls(**params))
+            # Dense one-hot for estimators that refuse sparse input (they would raise TypeError at fit).
+            encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=sparse_ok)
+        transformers.append(("cat", Pipeline([impute, ("encode", encoder)]), config.categorical))
+    preprocess = ColumnTransformer(transformers, sparse_threshold=0.3 if sparse_ok else 0.0)
+    return Pipeline([("preprocess", preprocess), ("model", estimator_cls(**params))])
+
+
+def _accepts_sparse(estimator: Any) -> bool:
+    """scikit-learn's own declaration (estimator tags); anything that does not declare it gets dense."""
+    try:
+        return bool(get_tags(estimator).input_tags.sparse)
+    except Exception:  # noqa: BLE001 (a third-party estimator without valid tags: assume dense only)
+        return False
 
 
 def _check_classes(config: ModelConfig, y: pd.Series) -> None:

@@ -232,3 +232,144 @@ def test_fit_full_does_not_modify_the_window(train):
     before = copy.deepcopy(train)
     fit_full(CONFIG, train)
     pd.testing.assert_frame_equal(train, before)
+
+
+# --- categorical features with many values (one-hot is sparse there; HistGradientBoosting refuses sparse)
+
+PLANS = [f"plan_{i}" for i in range(10)]
+
+
+def _plans_frame(n: int, seed: int, plans: list[str] = PLANS) -> pd.DataFrame:
+    """The outcome depends mostly on `plan`, so a model that ignored it would score badly."""
+    rng = np.random.default_rng(seed)
+    plan_index = rng.integers(0, len(plans), n)
+    tenure = rng.uniform(0, 60, n)
+    frame = pd.DataFrame({
+        "row_id": [f"r{seed}-{i}" for i in range(n)],
+        "ts": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(n), unit="min"),
+        "tenure_months": tenure,
+        "plan": [plans[i] for i in plan_index],
+    })
+    frame["churned"] = ((plan_index % 2 == 1) ^ (rng.random(n) < 0.05)).astype(int)  # odd plans churn
+    frame["amount"] = plan_index * 10.0 + tenure * 0.1 + rng.normal(0, 1, n)
+    return frame
+
+
+def _readme_model_yaml() -> dict:
+    """The README's own "Add a model" example, read from the README so the two cannot drift apart."""
+    text = (SHIPPED.parent.parent / "README.md").read_text()
+    section = text[text.index("## Add a model"):]
+    block = section[section.index("```yaml") + len("```yaml"):]
+    return yaml.safe_load(block[:block.index("```")])
+
+
+def _plan_config(estimator: str, params: dict | None = None, task: str = "classification",
+                 strategy: str = "full") -> ModelConfig:
+    data = _readme_model_yaml()
+    data["estimator"] = {"class": estimator, "params": params or {}}
+    data["training"] = {"strategy": strategy}
+    if task == "regression":
+        data.update(task="regression", target={"name": "amount"}, promotion={"metric": "mae"})
+    return parse_config(data, "test-plan-config")
+
+
+def _labelled(config: ModelConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    window = frame.rename(columns={config.target.name: "label"})
+    return validate_window(window, config, window="training", require_labels=True)
+
+
+def _unseen_rows(config: ModelConfig) -> pd.DataFrame:
+    rows = _labelled(config, _plans_frame(4, seed=99))
+    rows["plan"] = ["plan_brand_new", None, "plan_brand_new", "plan_3"]  # unseen and missing
+    return rows
+
+
+def _check_fitted_predicts(config: ModelConfig, model: Pipeline, holdout: pd.DataFrame) -> None:
+    labels, scores = predict(config, model, holdout)
+    if config.task == "classification":
+        # Odd plans churn: only a model that learned from the categorical column gets this right.
+        assert compute_metric("accuracy", holdout["label"].tolist(), y_pred=labels) > 0.85
+        assert scores is not None and np.all((scores >= 0) & (scores <= 1))
+    else:
+        assert compute_metric("mae", holdout["label"].tolist(), y_pred=labels) < 8  # spread of plan effect is 90
+    unseen = _unseen_rows(config)
+    labels, scores = predict(config, model, unseen)
+    assert len(labels) == len(unseen)
+    if config.task == "classification":
+        assert set(np.unique(labels)) <= {0, 1}
+        assert np.all((scores >= 0) & (scores <= 1))
+    else:
+        assert np.all(np.isfinite(labels))
+
+
+def test_readme_example_is_histgradientboosting_with_a_categorical_plan():
+    # The cases below reuse this example; if the README changes its example, look at them again.
+    data = _readme_model_yaml()
+    assert data["estimator"]["class"] == "sklearn.ensemble.HistGradientBoostingClassifier"
+    assert {"name": "plan", "kind": "categorical"}.items() <= data["features"][1].items()
+
+
+@pytest.mark.parametrize(
+    "estimator, params, task",
+    [
+        ("sklearn.ensemble.HistGradientBoostingClassifier", {"max_iter": 50}, "classification"),
+        ("sklearn.ensemble.HistGradientBoostingRegressor", {"max_iter": 50}, "regression"),
+        ("sklearn.linear_model.LogisticRegression", {"max_iter": 500}, "classification"),
+        ("sklearn.ensemble.RandomForestClassifier", {"n_estimators": 20}, "classification"),
+        ("sklearn.linear_model.SGDClassifier", {"loss": "log_loss"}, "classification"),
+    ],
+)
+def test_categorical_feature_with_many_values_trains_and_predicts(estimator, params, task):
+    config = _plan_config(estimator, params, task)
+    train, holdout = _labelled(config, _plans_frame(1500, seed=1)), _labelled(config, _plans_frame(400, seed=2))
+    model = fit_full(config, train)
+    _check_fitted_predicts(config, model, holdout)
+
+
+@pytest.mark.parametrize("estimator", ["sklearn.ensemble.HistGradientBoostingClassifier",
+                                       "sklearn.ensemble.HistGradientBoostingRegressor"])
+def test_histgradientboosting_uses_its_native_categorical_support(estimator):
+    task = "regression" if estimator.endswith("Regressor") else "classification"
+    config = _plan_config(estimator, {"max_iter": 20}, task)
+    model = fit_full(config, _labelled(config, _plans_frame(600, seed=3)))
+    # Features reach the trees as [tenure_months, plan]: plan is one ordinal-coded categorical column.
+    assert model.named_steps["model"].is_categorical_.tolist() == [False, True]
+    assert model.named_steps["preprocess"].transform(_plans_frame(5, seed=4)).shape == (5, 2)
+
+
+def test_histgradientboosting_with_more_categories_than_bins():
+    plans = [f"plan_{i}" for i in range(300)]  # more than max_bins (255): the rarest share one code
+    config = _plan_config("sklearn.ensemble.HistGradientBoostingClassifier", {"max_iter": 10})
+    model = fit_full(config, _labelled(config, _plans_frame(3000, seed=5, plans=plans)))
+    labels, _ = predict(config, model, _unseen_rows(config))
+    assert len(labels) == 4
+
+
+def test_dense_one_hot_for_estimators_without_sparse_support():
+    # GaussianNB declares no sparse support: the one-hot columns must reach it dense.
+    config = _plan_config("sklearn.naive_bayes.GaussianNB")
+    model = fit_full(config, _labelled(config, _plans_frame(600, seed=6)))
+    X = model.named_steps["preprocess"].transform(_plans_frame(5, seed=7))
+    assert isinstance(X, np.ndarray) and X.shape == (5, 1 + len(PLANS))
+
+
+def test_categorical_features_in_params_is_refused():
+    config = _plan_config("sklearn.ensemble.HistGradientBoostingClassifier", {"categorical_features": [1]})
+    with pytest.raises(TrainingError, match="categorical_features is set by Driftline"):
+        build_pipeline(config)
+
+
+@pytest.mark.parametrize(
+    "estimator, params, task",
+    [
+        ("sklearn.linear_model.SGDClassifier", {"loss": "log_loss"}, "classification"),
+        ("sklearn.linear_model.SGDRegressor", {}, "regression"),
+    ],
+)
+def test_incremental_training_with_a_many_valued_categorical(estimator, params, task):
+    config = _plan_config(estimator, params, task, strategy="incremental")
+    champion = fit_full(config, _labelled(config, _plans_frame(1500, seed=8)))
+    new_rows = pd.concat([_labelled(config, _plans_frame(300, seed=9)), _unseen_rows(config)], ignore_index=True)
+    candidate = fit_incremental(config, champion, new_rows)
+    assert candidate.named_steps["model"].t_ > champion.named_steps["model"].t_
+    _check_fitted_predicts(config, candidate, _labelled(config, _plans_frame(400, seed=10)))
