@@ -7,14 +7,19 @@ at DAG-parse time instead of in the middle of a run.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ml.settings import estimator_modules
 
 # Columns the store adds to every window; a feature may not take one of these names.
 RESERVED_COLUMNS = frozenset(
@@ -34,6 +39,51 @@ METRICS: dict[str, tuple[bool, bool]] = {
 }
 CLASSIFICATION_METRICS = {"accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss"}
 REGRESSION_METRICS = {"mae", "rmse", "r2"}
+
+# The gate's significance must lie strictly inside (0, SIGNIFICANCE_MAX): at >= 0.5 the one-sided
+# "lower bound" (the significance quantile of the bootstrap gains) sits at or above the median, so it
+# is no confidence bound. check_significance() is the one check, used by the config and the gate.
+SIGNIFICANCE_MAX = 0.5
+
+# promotion.bootstrap_samples bounds: under 100 resamples the tail quantile the gate tests is too
+# coarse to mean anything; over 100000 the gate's time grows with no gain in precision that matters.
+BOOTSTRAP_SAMPLES_MIN = 100
+BOOTSTRAP_SAMPLES_MAX = 100_000
+
+# Airflow's cron presets, as the continuous-training DAG's CronTriggerTimetable accepts them
+# (airflow.sdk's CRON_PRESETS; copied because ml/ never imports Airflow, and a test keeps them equal).
+CRON_PRESETS: dict[str, str] = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *",
+    "@yearly": "0 0 1 1 *",
+}
+
+# Evidently's drift methods (its stat-test registry, evidently.legacy.calculations.stattests) and the
+# column kinds each applies to. A copy, because importing Evidently takes seconds at DAG-parse time;
+# tests/test_config.py checks it equals the installed Evidently's registry.
+DRIFT_METHODS: dict[str, frozenset[str]] = {
+    "TVD": frozenset({"categorical"}),
+    "anderson": frozenset({"numerical"}),
+    "chisquare": frozenset({"categorical"}),
+    "cramer_von_mises": frozenset({"numerical"}),
+    "ed": frozenset({"numerical"}),
+    "empirical_mmd": frozenset({"numerical"}),
+    "es": frozenset({"numerical"}),
+    "fisher_exact": frozenset({"categorical"}),
+    "g_test": frozenset({"categorical"}),
+    "hellinger": frozenset({"numerical", "categorical"}),
+    "jensenshannon": frozenset({"numerical", "categorical"}),
+    "kl_div": frozenset({"numerical", "categorical"}),
+    "ks": frozenset({"numerical"}),
+    "mannw": frozenset({"numerical"}),
+    "psi": frozenset({"numerical", "categorical"}),
+    "t_test": frozenset({"numerical"}),
+    "wasserstein": frozenset({"numerical"}),
+    "z": frozenset({"categorical"}),
+}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -69,6 +119,53 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds:.0f}s"
 
 
+def check_significance(value: float) -> float:
+    """The gate's significance bound, shared by the config and :func:`ml.evaluation.evaluate_candidate`."""
+    if not 0 < value < SIGNIFICANCE_MAX:  # also refuses NaN
+        raise ValueError(f"significance must be in (0, {SIGNIFICANCE_MAX:g}), got {value}")
+    return value
+
+
+def check_schedule(schedule: str) -> str:
+    """An Airflow cron preset (``@daily``, …) or a 5-field cron expression that fires at some time."""
+    if schedule.startswith("@"):
+        if schedule not in CRON_PRESETS:
+            raise ValueError(f"unknown preset '{schedule}'; Airflow's presets are {sorted(CRON_PRESETS)}")
+        return schedule
+    fields = schedule.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"'{schedule}' is not a cron expression: need 5 fields (minute hour day-of-month month "
+            f"day-of-week, e.g. '0 12 * * *'), got {len(fields)}; or one of {sorted(CRON_PRESETS)}"
+        )
+    try:
+        # A valid expression for a date that never comes (e.g. 30 February) fails here, not silently.
+        croniter(schedule, datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"'{schedule}' never fires (no such date)") from None
+    except (CroniterBadCronError, ValueError, KeyError) as exc:
+        raise ValueError(f"'{schedule}' is not a valid cron expression: {exc}") from None
+    return schedule
+
+
+def check_drift_method(method: str, kind: str | None = None) -> str:
+    """An Evidently drift method id, applicable to ``kind`` columns when given."""
+    if method not in DRIFT_METHODS:
+        close = difflib.get_close_matches(method, DRIFT_METHODS, n=3)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(f"unknown drift method '{method}'{hint}; Evidently's are {sorted(DRIFT_METHODS)}")
+    if kind is not None and kind not in DRIFT_METHODS[method]:
+        fitting = sorted(m for m, kinds in DRIFT_METHODS.items() if kind in kinds)
+        raise ValueError(f"drift method '{method}' does not apply to {kind} columns; use one of {fitting}")
+    return method
+
+
+def _positive(value: timedelta | None, *, allow_zero: bool = False) -> timedelta | None:
+    if value is not None and (value < timedelta(0) or (value == timedelta(0) and not allow_zero)):
+        raise ValueError(f"must be {'>= 0' if allow_zero else 'positive'}, got {format_duration(value)}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,6 +179,11 @@ class FeatureSpec(_Strict):
     # Optional per-feature drift test; None means the dataset-wide method.
     drift_method: str | None = None
     drift_threshold: float | None = Field(default=None, gt=0)
+    # Optional value checks, read by data validation: bounds of a numerical feature, the allowed
+    # values of a categorical one (as text: the store holds categorical values as strings).
+    min: float | None = Field(default=None, allow_inf_nan=False)
+    max: float | None = Field(default=None, allow_inf_nan=False)
+    categories: tuple[str, ...] | None = None
 
     @field_validator("name")
     @classmethod
@@ -89,6 +191,62 @@ class FeatureSpec(_Strict):
         if name in RESERVED_COLUMNS:
             raise ValueError(f"'{name}' is reserved for the store's own columns")
         return name
+
+    @field_validator("drift_method")
+    @classmethod
+    def _known_method(cls, method: str | None) -> str | None:
+        return None if method is None else check_drift_method(method)
+
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        # pydantic would read true/false as 1/0 and "5" as 5; a bound must be written as a number.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"must be a number, got {value!r}")
+        return value
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _category_texts(cls, values: Any) -> Any:
+        if values is None:
+            return None
+        if not isinstance(values, (list, tuple)):
+            raise ValueError(f"must be a list of values, got {type(values).__name__}")  # noqa: TRY004 (pydantic reports ValueError only)
+        texts = []
+        for value in values:
+            # YAML reads yes/no/on/off as booleans and ~ as null: the user meant text, so say so.
+            if isinstance(value, bool) or value is None:
+                raise ValueError(f"{value!r} is not a category value; write it in quotes")
+            if isinstance(value, (int, float)):
+                value = str(value)  # as the store turns numbers in a categorical column into text
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not a category value (text or number)")  # noqa: TRY004 (pydantic reports ValueError only)
+            texts.append(value)
+        if not texts:
+            raise ValueError("must list at least one value (or be left out)")
+        duplicates = sorted({t for t in texts if texts.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"duplicated values {duplicates}")
+        return tuple(texts)
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> FeatureSpec:
+        if self.drift_method is not None:
+            try:
+                check_drift_method(self.drift_method, self.kind)
+            except ValueError as exc:
+                raise ValueError(f"drift_method: {exc}") from None
+        if self.kind == "categorical":
+            for bound in ("min", "max"):
+                if getattr(self, bound) is not None:
+                    raise ValueError(f"{bound}: only a numerical feature has bounds; '{self.name}' is categorical")
+        elif self.categories is not None:
+            raise ValueError(
+                f"categories: only a categorical feature lists its values; '{self.name}' is numerical"
+            )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min: {self.min:g} is above max {self.max:g} for '{self.name}'")
+        return self
 
 
 class TargetSpec(_Strict):
@@ -108,14 +266,60 @@ class EstimatorSpec(_Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    def load_class(self) -> type:
-        module_name, _, attr = self.class_path.rpartition(".")
-        if not module_name:
-            raise ValueError(f"'{self.class_path}' is not a dotted class path")
+    @field_validator("class_path")
+    @classmethod
+    def _allowed(cls, class_path: str) -> str:
+        _check_allowed(class_path)
+        return class_path
+
+    @model_validator(mode="after")
+    def _known_params(self) -> EstimatorSpec:
         try:
-            return getattr(importlib.import_module(module_name), attr)
+            estimator = self.load_class()
+        except ValueError as exc:
+            raise ValueError(f"class: {exc}") from None
+        parameters = inspect.signature(estimator).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return self  # takes any keyword: nothing to check names against
+        valid = sorted(p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+        unknown = sorted(set(self.params) - set(valid))
+        if unknown:
+            problems = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, valid, n=3)
+                problems.append(f"'{name}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            raise ValueError(
+                f"params: {self.class_path} has no parameter {', '.join(problems)}; "
+                f"its parameters are {valid}"
+            )
+        return self
+
+    def load_class(self) -> type:
+        """Import the estimator class; only from an allowed module (checked before importing)."""
+        _check_allowed(self.class_path)
+        module_name, _, attr = self.class_path.rpartition(".")
+        try:
+            estimator = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"cannot import '{self.class_path}': {exc}") from exc
+        if not isinstance(estimator, type):
+            raise ValueError(f"'{self.class_path}' is a {type(estimator).__name__}, not a class")  # noqa: TRY004 (pydantic reports ValueError only)
+        return estimator
+
+
+_CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def _check_allowed(class_path: str) -> None:
+    """Refuse a class outside the allowed modules before anything imports it."""
+    if not _CLASS_PATH.fullmatch(class_path):
+        raise ValueError(f"'{class_path}' is not a dotted class path (e.g. sklearn.linear_model.Ridge)")
+    allowed = estimator_modules()
+    if not any(class_path.startswith(prefix + ".") for prefix in allowed):
+        raise ValueError(
+            f"'{class_path}' is not from an allowed module ({', '.join(allowed)}); "
+            f"add its package to DRIFTLINE_ESTIMATOR_MODULES to allow it"
+        )
 
 
 class TrainingSpec(_Strict):
@@ -133,12 +337,22 @@ class WindowsSpec(_Strict):
     @field_validator("current", "training", "holdout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
-        return parse_duration(value)
+        return _positive(parse_duration(value))
 
     @field_validator("reference", mode="before")
     @classmethod
     def _reference(cls, value: Any) -> Any:
-        return value if value == "champion_training" else parse_duration(value)
+        return value if value == "champion_training" else _positive(parse_duration(value))
+
+    @model_validator(mode="after")
+    def _holdout_inside_training(self) -> WindowsSpec:
+        # The holdout is the newest part of the labelled span; training is the rest before it.
+        if self.holdout >= self.training:
+            raise ValueError(
+                f"holdout: windows.holdout ({format_duration(self.holdout)}) must be shorter than the "
+                f"training window (windows.training, {format_duration(self.training)})"
+            )
+        return self
 
 
 class TriggerPolicy(_Strict):
@@ -163,18 +377,45 @@ class TriggerPolicy(_Strict):
     min_new_labels: int = Field(default=0, ge=0)
     on_new_labels: bool = True
 
-    @field_validator("max_model_age", "cooldown", "rejection_backoff", mode="before")
+    @field_validator("max_model_age", "rejection_backoff", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
-        return None if value is None else parse_duration(value)
+        # None switches the rule off; 0 would mean "always", which is not what either rule is for.
+        return None if value is None else _positive(parse_duration(value))
+
+    @field_validator("cooldown", mode="before")
+    @classmethod
+    def _cooldown(cls, value: Any) -> Any:
+        return _positive(parse_duration(value), allow_zero=True)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str | None) -> str | None:
+        return None if schedule is None else check_schedule(schedule)
+
+    @field_validator("num_method")
+    @classmethod
+    def _num_method(cls, method: str | None) -> str | None:
+        return None if method is None else check_drift_method(method, "numerical")
+
+    @field_validator("cat_method")
+    @classmethod
+    def _cat_method(cls, method: str | None) -> str | None:
+        return None if method is None else check_drift_method(method, "categorical")
 
 
 class PromotionGate(_Strict):
     metric: str = "accuracy"
     min_improvement: float = Field(default=0.0, ge=0)
-    significance: float = Field(default=0.05, gt=0, lt=1)
+    significance: float = 0.05
     floor: float | None = None
-    bootstrap_samples: int = Field(default=1000, ge=100)
+    bootstrap_samples: int = Field(default=1000, ge=BOOTSTRAP_SAMPLES_MIN, le=BOOTSTRAP_SAMPLES_MAX)
+
+    @field_validator("significance")
+    @classmethod
+    def _significance(cls, value: float) -> float:
+        # The gate's own check: a value it would refuse after training must fail here, at parse.
+        return check_significance(value)
 
     @field_validator("metric")
     @classmethod
@@ -266,8 +507,20 @@ class ModelConfig(_Strict):
         return self.model_dump(mode="json", by_alias=True)
 
 
-# Cross-field checks raise "<field>: <problem>"; report that field, not "(top level)".
+# Cross-field checks raise "<field>: <problem>"; report that field (under the model that checked it,
+# e.g. "features.3.min"), not the model itself.
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.DOTALL)
+
+
+def _field_names() -> frozenset[str]:
+    models = (ModelConfig, FeatureSpec, TargetSpec, DataSpec, EstimatorSpec, TrainingSpec, WindowsSpec,
+              TriggerPolicy, PromotionGate, RollbackGuard)
+    names = {field.alias or name for model in models for name, field in model.model_fields.items()}
+    return frozenset(names | {name for model in models for name in model.model_fields})
+
+
+# Only a real field name counts as such a prefix (not e.g. an environment variable's name).
+_MODEL_FIELDS = _field_names()
 
 
 def _describe(error: ValidationError) -> str:
@@ -275,9 +528,10 @@ def _describe(error: ValidationError) -> str:
     for item in error.errors():
         field = ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
-        named = None if item["loc"] else _FIELD_PREFIX.match(message)
-        if named:
-            field, message = named.groups()
+        named = _FIELD_PREFIX.match(message) if item["type"] == "value_error" else None
+        if named and named.group(1).split(".")[0] in _MODEL_FIELDS:
+            sub, message = named.groups()
+            field = sub if field == "(top level)" else f"{field}.{sub}"
         parts.append(f"field '{field}': {message}")
     return "; ".join(parts)
 
@@ -306,6 +560,19 @@ def load_config(path: str | Path) -> ModelConfig:
     return config
 
 
+def load_models(models_dir: str | Path) -> tuple[list[ModelConfig], dict[str, str]]:
+    """Every ``*.yaml`` under ``models_dir``: the good configs sorted by name, and for each bad file
+    (by path) its error on one line. One bad file must not take every other model's DAGs with it."""
+    configs: list[ModelConfig] = []
+    errors: dict[str, str] = {}
+    for path in sorted(Path(models_dir).glob("*.yaml")):
+        try:
+            configs.append(load_config(path))
+        except ConfigError as exc:
+            errors[str(path)] = " ".join(str(exc).split())
+    return configs, errors
+
+
 def load_all(models_dir: str | Path) -> list[ModelConfig]:
-    """Every ``*.yaml`` under ``models_dir``, sorted by name. Any bad file raises."""
+    """Every ``*.yaml`` under ``models_dir``, sorted by name. Any bad file raises (fail fast)."""
     return [load_config(p) for p in sorted(Path(models_dir).glob("*.yaml"))]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from ml.config import METRICS
+from ml.config import METRICS, check_significance
 
 __all__ = ["EvaluationResult", "compute_metric", "evaluate_candidate", "paired_bootstrap"]
 
@@ -608,9 +608,7 @@ def evaluate_candidate(
     ``reasons`` lists every gate's outcome; a failing gate's reason starts with "<gate> failed:".
     """
     _check_metric(metric)
-    if not 0 < significance < 0.5:
-        # At >= 0.5 the "lower bound" would sit at or above the median: not a confidence bound.
-        raise ValueError(f"significance must be in (0, 0.5), got {significance}")
+    check_significance(significance)  # the same bound the config enforces at parse time
     if not min_improvement >= 0:
         raise ValueError(f"min_improvement must be >= 0, got {min_improvement}")
     if floor is not None and not math.isfinite(floor):

@@ -7,10 +7,38 @@ checkout). Each URL has its own env var so the same code runs on PostgreSQL and 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Packages whose classes a model YAML may name as `estimator.class`: the config refuses any other
+# before importing it, so a YAML file cannot make the DAG parser import arbitrary code.
+# DRIFTLINE_ESTIMATOR_MODULES adds more (comma-separated, e.g. "xgboost,mycompany.models"). Read by
+# estimator_modules() at each parse, not in Settings: a bad value then fails each model's config
+# (named in its error), not every command that reads the settings.
+DEFAULT_ESTIMATOR_MODULES: tuple[str, ...] = ("sklearn",)
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def estimator_modules() -> tuple[str, ...]:
+    """Module prefixes ``estimator.class`` may come from: the default plus DRIFTLINE_ESTIMATOR_MODULES.
+
+    Each entry allows that module and everything under it ("sklearn" allows "sklearn.linear_model",
+    not "sklearnx"); a trailing dot is accepted ("sklearn." = "sklearn").
+    """
+    raw = os.environ.get("DRIFTLINE_ESTIMATOR_MODULES", "")
+    extra = []
+    for entry in (part.strip().rstrip(".") for part in raw.split(",")):
+        if not entry:
+            continue
+        if not _MODULE_NAME.fullmatch(entry):
+            raise ValueError(
+                f"DRIFTLINE_ESTIMATOR_MODULES: {entry!r} is not a module name (e.g. 'xgboost', 'mypkg.models')"
+            )
+        extra.append(entry)
+    return tuple(dict.fromkeys((*DEFAULT_ESTIMATOR_MODULES, *extra)))
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,28 @@ ConfigError naming the file, the field and the problem."""
 from __future__ import annotations
 
 import copy
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ml.config import ConfigError, ModelConfig, format_duration, load_all, load_config, parse_duration
+from ml.config import (
+    BOOTSTRAP_SAMPLES_MAX,
+    BOOTSTRAP_SAMPLES_MIN,
+    CRON_PRESETS,
+    DRIFT_METHODS,
+    SIGNIFICANCE_MAX,
+    ConfigError,
+    ModelConfig,
+    format_duration,
+    load_all,
+    load_config,
+    load_models,
+    parse_duration,
+)
+from ml.settings import estimator_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "credit_default.yaml"
@@ -310,7 +325,9 @@ def test_label_metric_accepts_three_labels(tmp_path):
         ("LogisticRegression", "not a dotted class path"),
     ],
 )
-def test_estimator_class_that_cannot_be_imported(tmp_path, class_path, problem):
+def test_estimator_class_that_cannot_be_imported(tmp_path, monkeypatch, class_path, problem):
+    # Allowed, so the import itself is what fails (a package outside the allow-list is never imported).
+    monkeypatch.setenv("DRIFTLINE_ESTIMATOR_MODULES", "no_such_package_xyz")
     path, message = _bad(tmp_path, lambda d: d["estimator"].__setitem__("class", class_path))
     assert str(path) in message
     assert "field 'estimator.class'" in message
@@ -410,3 +427,327 @@ def test_load_all_shipped_models_dir():
     names = [c.name for c in load_all(ROOT / "models")]
     assert "credit_default" in names
     assert names == sorted(names)
+
+
+def test_load_all_shipped_yaml_everywhere_parses():
+    # Every YAML the repository ships (models and the replay configs) passes the stricter checks.
+    shipped = sorted((ROOT / "models").glob("*.yaml")) + sorted((ROOT / "bench" / "configs").glob("*.yaml"))
+    assert len(shipped) >= 4
+    for folder in (ROOT / "models", ROOT / "bench" / "configs"):
+        configs, errors = load_models(folder)
+        assert errors == {}
+        assert [c.name for c in configs] == sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+# ---- one bad file does not hide the good ones ----------------------------------------------------
+
+
+def test_load_models_keeps_good_configs_and_reports_each_bad_file(tmp_path):
+    _write(tmp_path, copy.deepcopy(BASE))
+    broken = copy.deepcopy(BASE)
+    broken["name"] = "broken"
+    broken["triggers"]["schedule"] = "every day at noon"
+    broken_path = _write(tmp_path, broken, stem="broken")
+    garbled = _write(tmp_path, "name: garbled\nfeatures: [unclosed\n  task: classification\n", stem="garbled")
+    configs, errors = load_models(tmp_path)
+    assert [c.name for c in configs] == ["credit_default"]
+    assert sorted(errors) == sorted([str(broken_path), str(garbled)])
+    assert "field 'triggers.schedule'" in errors[str(broken_path)]
+    assert "not valid YAML" in errors[str(garbled)]
+    for message in errors.values():
+        assert "\n" not in message  # one line each: it becomes one import error per file
+
+
+def test_load_models_empty_dir(tmp_path):
+    assert load_models(tmp_path) == ([], {})
+
+
+# ---- triggers.schedule: Airflow presets or 5-field cron ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "schedule, problem",
+    [
+        ("every day at noon", "need 5 fields"),
+        ("0 12 * *", "need 5 fields"),
+        ("0 0 * * * *", "need 5 fields"),  # croniter reads a 6th field as seconds; Airflow does not
+        ("61 * * * *", "not a valid cron expression"),
+        ("0 0 30 2 *", "never fires"),
+        ("@fortnightly", "unknown preset"),
+        ("@once", "unknown preset"),  # not a cron: CronTriggerTimetable refuses it
+    ],
+)
+def test_bad_schedule(tmp_path, schedule, problem):
+    path, message = _bad(tmp_path, lambda d: d["triggers"].__setitem__("schedule", schedule))
+    assert str(path) in message
+    assert "field 'triggers.schedule'" in message
+    assert problem in message
+
+
+@pytest.mark.parametrize(
+    "schedule", ["@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "0 12 * * 1-5",
+                 "*/15 * * * *", "30 6 1 */3 *", None],
+)
+def test_good_schedule_is_one_airflow_accepts(tmp_path, schedule):
+    from airflow.sdk import CronTriggerTimetable
+
+    data = copy.deepcopy(BASE)
+    data["triggers"]["schedule"] = schedule
+    assert load_config(_write(tmp_path, data)).triggers.schedule == schedule
+    if schedule is not None:
+        CronTriggerTimetable(schedule, timezone="UTC").validate()  # what the DAG file builds from it
+
+
+def test_cron_presets_are_airflows():
+    from airflow.sdk.definitions.timetables._cron import CRON_PRESETS as AIRFLOW_PRESETS
+
+    assert CRON_PRESETS == AIRFLOW_PRESETS
+
+
+# ---- durations and bounds ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "section, key, value, problem",
+    [
+        ("windows", "current", "0d", "must be positive"),
+        ("windows", "current", -60, "must be positive"),
+        ("windows", "training", 0, "must be positive"),
+        ("windows", "holdout", "0h", "must be positive"),
+        ("windows", "reference", "0d", "must be positive"),
+        ("triggers", "max_model_age", "0d", "must be positive"),
+        ("triggers", "rejection_backoff", "0s", "must be positive"),
+        ("triggers", "cooldown", -3600, "must be >= 0"),
+    ],
+)
+def test_durations_must_be_positive(tmp_path, section, key, value, problem):
+    path, message = _bad(tmp_path, lambda d: d[section].__setitem__(key, value))
+    assert str(path) in message
+    assert f"field '{section}.{key}'" in message
+    assert problem in message
+
+
+def test_zero_cooldown_is_allowed(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["triggers"]["cooldown"] = 0
+    assert load_config(_write(tmp_path, data)).triggers.cooldown == timedelta(0)
+
+
+@pytest.mark.parametrize("holdout", ["4d", "5d"])
+def test_holdout_shorter_than_training(tmp_path, holdout):
+    path, message = _bad(tmp_path, lambda d: d["windows"].__setitem__("holdout", holdout))  # training: 4d
+    assert str(path) in message
+    assert "field 'windows.holdout'" in message
+    assert f"windows.holdout ({holdout}) must be shorter than the training window" in message
+
+
+@pytest.mark.parametrize(
+    "value, ok", [(BOOTSTRAP_SAMPLES_MIN - 1, False), (BOOTSTRAP_SAMPLES_MIN, True),
+                  (BOOTSTRAP_SAMPLES_MAX, True), (BOOTSTRAP_SAMPLES_MAX + 1, False)],
+)
+def test_bootstrap_samples_bounds(tmp_path, value, ok):
+    assert (BOOTSTRAP_SAMPLES_MIN, BOOTSTRAP_SAMPLES_MAX) == (100, 100_000)  # as README documents
+    data = copy.deepcopy(BASE)
+    data["promotion"]["bootstrap_samples"] = value
+    path = _write(tmp_path, data)
+    if ok:
+        assert load_config(path).promotion.bootstrap_samples == value
+    else:
+        with pytest.raises(ConfigError, match="field 'promotion.bootstrap_samples'"):
+            load_config(path)
+
+
+def test_min_labelled_rows_at_least_one(tmp_path):
+    _, message = _bad(tmp_path, lambda d: d["rollback"].__setitem__("min_labelled_rows", 0))
+    assert "field 'rollback.min_labelled_rows'" in message
+    assert "greater than or equal to 1" in message
+
+
+# ---- promotion.significance: exactly what the gate accepts ---------------------------------------
+
+
+@pytest.mark.parametrize("value", [0.0, 0.01, 0.25, 0.45, 0.4999, 0.5, 0.6, 0.99, -0.1, float("nan")])
+def test_config_refuses_exactly_what_the_gate_refuses(tmp_path, value):
+    from ml.evaluation import evaluate_candidate
+
+    try:
+        evaluate_candidate(metric="accuracy", y_true=[0, 1, 1, 0], challenger_pred=[0, 1, 1, 0],
+                           significance=value, n_resamples=100)
+        gate_accepts = True
+    except ValueError as exc:
+        assert "significance must be in" in str(exc)
+        gate_accepts = False
+    data = copy.deepcopy(BASE)
+    data["promotion"]["significance"] = value
+    path = _write(tmp_path, data)
+    if gate_accepts:
+        assert load_config(path).promotion.significance == value
+    else:
+        with pytest.raises(ConfigError, match=r"field 'promotion.significance': significance must be in \(0, 0.5\)"):
+            load_config(path)
+    assert gate_accepts == (0 < value < SIGNIFICANCE_MAX)
+
+
+# ---- estimator: allowed modules only, known parameters only --------------------------------------
+
+
+@pytest.fixture
+def planted_module(tmp_path, monkeypatch):
+    """An importable module outside the allow-list that leaves a mark when imported."""
+    folder = tmp_path / "planted"
+    folder.mkdir()
+    mark = tmp_path / "imported.mark"
+    (folder / "planted_estimators_xyz.py").write_text(
+        f"open({str(mark)!r}, 'w').close()\n"
+        "class Model:\n"
+        "    def __init__(self, **kwargs):\n"
+        "        self.kwargs = kwargs\n"
+        "    def fit(self, X, y):\n"
+        "        return self\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delenv("DRIFTLINE_ESTIMATOR_MODULES", raising=False)
+    yield mark
+    sys.modules.pop("planted_estimators_xyz", None)
+
+
+def test_estimator_outside_the_allow_list_is_refused_before_import(tmp_path, planted_module):
+    path, message = _bad(tmp_path, lambda d: d["estimator"].__setitem__("class", "planted_estimators_xyz.Model"))
+    assert str(path) in message
+    assert "field 'estimator.class'" in message
+    assert "not from an allowed module (sklearn)" in message
+    assert "DRIFTLINE_ESTIMATOR_MODULES" in message
+    assert not planted_module.exists()
+    assert "planted_estimators_xyz" not in sys.modules
+
+
+def test_allow_list_is_extended_by_the_setting(tmp_path, monkeypatch, planted_module):
+    monkeypatch.setenv("DRIFTLINE_ESTIMATOR_MODULES", "xgboost, planted_estimators_xyz.")
+    assert estimator_modules() == ("sklearn", "xgboost", "planted_estimators_xyz")
+    data = copy.deepcopy(BASE)
+    data["estimator"] = {"class": "planted_estimators_xyz.Model", "params": {"anything": 1}}  # takes **kwargs
+    config = load_config(_write(tmp_path, data))
+    assert config.estimator.load_class().__name__ == "Model"
+    assert planted_module.exists()
+
+
+@pytest.mark.parametrize("class_path", ["os.system", "subprocess.Popen", "sklearnx.Model", "builtins.eval"])
+def test_other_modules_are_refused(tmp_path, class_path):
+    _, message = _bad(tmp_path, lambda d: d["estimator"].__setitem__("class", class_path))
+    assert "field 'estimator.class'" in message
+    assert f"'{class_path}' is not from an allowed module" in message
+
+
+def test_bad_allow_list_setting_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRIFTLINE_ESTIMATOR_MODULES", "xgboost,my pkg")
+    _, message = _bad(tmp_path, lambda d: None)
+    assert "field 'estimator.class'" in message
+    assert "DRIFTLINE_ESTIMATOR_MODULES: 'my pkg' is not a module name" in message
+
+
+def test_estimator_must_be_a_class(tmp_path):
+    _, message = _bad(tmp_path, lambda d: d["estimator"].__setitem__("class", "sklearn.metrics.accuracy_score"))
+    assert "field 'estimator.class'" in message
+    assert "not a class" in message
+
+
+def test_unknown_estimator_param_names_the_close_ones(tmp_path):
+    _, message = _bad(tmp_path, lambda d: d["estimator"]["params"].update(max_iters=500, penality="l2"))
+    assert "field 'estimator.params'" in message
+    assert "'max_iters' (did you mean max_iter?)" in message
+    assert "'penality' (did you mean penalty?)" in message
+    assert "its parameters are [" in message and "'class_weight'" in message
+
+
+# ---- drift methods: Evidently's --------------------------------------------------------------------
+
+
+def test_drift_methods_are_evidentlys_registry():
+    from evidently.legacy.calculations.stattests import registry
+
+    kinds = {"num": "numerical", "cat": "categorical"}
+    installed = {
+        name: frozenset(kinds[t.value] for t in tests if t.value in kinds)
+        for name, tests in registry._registered_stat_tests.items()
+    }
+    assert DRIFT_METHODS == {name: k for name, k in installed.items() if k}
+
+
+@pytest.mark.parametrize(
+    "mutate, field, problem",
+    [
+        (lambda d: d["features"][0].__setitem__("drift_method", "kss"), "features.0.drift_method",
+         "unknown drift method 'kss' (did you mean 'ks'"),
+        (lambda d: d["features"][0].__setitem__("drift_method", "chisquare"), "features.0.drift_method",
+         "'chisquare' does not apply to numerical columns"),
+        (lambda d: d["features"][7].__setitem__("drift_method", "wasserstein"), "features.7.drift_method",
+         "'wasserstein' does not apply to categorical columns"),
+        (lambda d: d["triggers"].__setitem__("num_method", "emd"), "triggers.num_method",
+         "unknown drift method 'emd'"),
+        (lambda d: d["triggers"].__setitem__("num_method", "z"), "triggers.num_method",
+         "'z' does not apply to numerical columns"),
+        (lambda d: d["triggers"].__setitem__("cat_method", "ks"), "triggers.cat_method",
+         "'ks' does not apply to categorical columns"),
+    ],
+)
+def test_bad_drift_method(tmp_path, mutate, field, problem):
+    path, message = _bad(tmp_path, mutate)
+    assert str(path) in message
+    assert f"field '{field}'" in message
+    assert problem in message
+
+
+def test_unknown_drift_method_lists_the_valid_ones(tmp_path):
+    _, message = _bad(tmp_path, lambda d: d["triggers"].__setitem__("num_method", "nope"))
+    assert str(sorted(DRIFT_METHODS)) in message
+
+
+def test_good_drift_methods(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["features"][0]["drift_method"] = "psi"
+    data["features"][7]["drift_method"] = "TVD"
+    data["triggers"].update(num_method="wasserstein", cat_method="jensenshannon")
+    config = load_config(_write(tmp_path, data))
+    assert config.features[7].drift_method == "TVD"
+    assert (config.triggers.num_method, config.triggers.cat_method) == ("wasserstein", "jensenshannon")
+
+
+# ---- per-feature value checks: min, max, categories ------------------------------------------------
+
+
+def test_feature_bounds_and_categories_parse(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["features"][0].update(min=18, max=100)  # age
+    data["features"][2].update(min=0.0)  # debt_ratio: a lower bound alone
+    data["features"][7]["categories"] = ["employed", "self_employed", 3]  # employment_type
+    config = load_config(_write(tmp_path, data))
+    age, debt_ratio = config.features[0], config.features[2]
+    assert (age.min, age.max) == (18.0, 100.0) and isinstance(age.min, float)
+    assert (debt_ratio.min, debt_ratio.max) == (0.0, None)
+    # Text, as the store holds categorical values.
+    assert config.features[7].categories == ("employed", "self_employed", "3")
+    assert config.features[1].min is None and config.features[8].categories is None
+    assert config.snapshot()["features"][7]["categories"] == ["employed", "self_employed", "3"]
+
+
+@pytest.mark.parametrize(
+    "index, change, field, problem",
+    [
+        (0, {"min": 100, "max": 18}, "features.0.min", "100 is above max 18 for 'age'"),
+        (0, {"categories": ["a", "b"]}, "features.0.categories", "only a categorical feature"),
+        (7, {"min": 0}, "features.7.min", "only a numerical feature has bounds"),
+        (7, {"max": 1}, "features.7.max", "only a numerical feature has bounds"),
+        (7, {"categories": []}, "features.7.categories", "at least one value"),
+        (7, {"categories": ["a", "a", "b"]}, "features.7.categories", "duplicated values ['a']"),
+        (7, {"categories": "a, b"}, "features.7.categories", "must be a list"),
+        (7, {"categories": ["a", True]}, "features.7.categories", "write it in quotes"),
+        (0, {"min": "18"}, "features.0.min", "must be a number"),
+        (0, {"max": True}, "features.0.max", "must be a number"),
+        (0, {"max": float("inf")}, "features.0.max", "finite number"),
+    ],
+)
+def test_bad_feature_value_checks(tmp_path, index, change, field, problem):
+    path, message = _bad(tmp_path, lambda d: d["features"][index].update(change))
+    assert str(path) in message
+    assert f"field '{field}'" in message
+    assert problem in message
