@@ -3,6 +3,10 @@
 SQLAlchemy Core on one schema, so SQLite (the embedded default) and PostgreSQL run the same code.
 Times are stored as naive UTC (SQLite has no time zones) and come back tz-aware UTC.
 Every write is one transaction: a batch is stored whole or not at all.
+
+Stored rows and labels are facts, never updated: re-sending the same row or label is a no-op
+("already stored"), re-sending it with other values is refused (:class:`ConflictError`), whole.
+Quarantined rows (``dl_quarantine``) stay stored but leave every window and every "newest row" query.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import (
     JSON,
@@ -31,8 +37,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     and_,
     create_engine,
+    exists,
     func,
     select,
     text,
@@ -79,6 +87,18 @@ events = Table(
     Column("occurred_at", DateTime, nullable=False),
     Column("payload", JSON),
     Column("consumed_by", String(250)),
+)
+
+# Rows taken out of every window by hand (`driftline quarantine`), e.g. one dated 2099. A table of its
+# own rather than a column, so databases created before it need no migration (create_all adds it).
+quarantine = Table(
+    "dl_quarantine",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    Column("row_id", String(128), primary_key=True),
+    Column("at", DateTime, nullable=False),
+    Column("actor", String(120)),
+    Column("reason", Text, nullable=False),
 )
 
 audit = Table(
@@ -230,48 +250,32 @@ class Store:
 
     # ---- writes -------------------------------------------------------------------------------
 
-    def add_observations(self, model: str, frame: pd.DataFrame, feature_names: Sequence[str]) -> int:
-        """Insert rows (``row_id``, ``ts`` and the features); rows already stored are left as they are.
-        Returns how many were new."""
-        if frame.empty:
-            return 0
-        ids = [str(i) for i in frame["row_id"]]
+    @contextmanager
+    def batch(self, model: str, feature_names: Sequence[str] = ()) -> Iterator[BatchWriter]:
+        """One transaction for rows and labels of ``model``, written chunk by chunk: at the end, any
+        refusal (:class:`ConflictError`) or any other error rolls back every chunk, so a file, or a rows
+        file and its labels file together, is stored whole or not at all."""
         with self.engine.begin() as conn:
-            existing = self._existing_ids(conn, observations, model, ids)
-            rows = [
-                {
-                    "model": model,
-                    "row_id": row_id,
-                    "ts": to_utc_naive(ts),
-                    "features": {name: _json_safe(record[name]) for name in feature_names},
-                }
-                for row_id, ts, record in zip(ids, frame["ts"], frame.to_dict("records"), strict=True)
-                if row_id not in existing
-            ]
-            if rows:
-                conn.execute(observations.insert(), rows)
-        return len(rows)
+            writer = BatchWriter(conn, model, feature_names)
+            yield writer
+            writer.raise_if_refused()
+
+    def add_observations(self, model: str, frame: pd.DataFrame, feature_names: Sequence[str]) -> int:
+        """Insert rows (``row_id``, ``ts`` and the features). A row already stored with the same ts and
+        features is left as it is; one with other values refuses the whole frame (:class:`ConflictError`).
+        Returns how many were new."""
+        with self.batch(model, feature_names) as writer:
+            writer.add_observations(frame)
+        return writer.rows.new
 
     def add_labels(self, model: str, frame: pd.DataFrame) -> int:
-        """Insert labels (``row_id``, ``label``, ``labelled_at``) for stored rows; a label already
-        stored is kept (labels are facts, not updates). Returns how many were new."""
-        if frame.empty:
-            return 0
-        ids = [str(i) for i in frame["row_id"]]
-        with self.engine.begin() as conn:
-            known = self._existing_ids(conn, observations, model, ids)
-            unknown = [i for i in ids if i not in known]
-            if unknown:
-                raise ValueError(f"labels for {len(unknown)} row(s) never scored or stored, e.g. {unknown[:3]}")
-            existing = self._existing_ids(conn, labels, model, ids)
-            rows = [
-                {"model": model, "row_id": row_id, "label": _json_safe(label), "labelled_at": to_utc_naive(at)}
-                for row_id, label, at in zip(ids, frame["label"], frame["labelled_at"], strict=True)
-                if row_id not in existing
-            ]
-            if rows:
-                conn.execute(labels.insert(), rows)
-        return len(rows)
+        """Insert labels (``row_id``, ``label``, ``labelled_at``) for stored rows. A label already stored
+        with the same value is kept as it is, with its first ``labelled_at`` (when it became known); another
+        value, a row never stored, or a ``labelled_at`` before the row's ``ts`` refuses the whole frame
+        (:class:`ConflictError`). Returns how many were new."""
+        with self.batch(model) as writer:
+            writer.add_labels(frame)
+        return writer.labels.new
 
     def record_predictions(self, model: str, frame: pd.DataFrame, version: int, scored_at: datetime) -> int:
         """Write the champion's predictions (``row_id``, ``prediction``, optional ``score``); returns
@@ -336,7 +340,7 @@ class Store:
             labels.c.label,
             labels.c.labelled_at,
         ).select_from(observations.join(labels, label_join, isouter=not labelled_only))
-        conditions = [observations.c.model == model]
+        conditions = [observations.c.model == model, _not_quarantined()]
         if ts_after is not None:
             conditions.append(observations.c.ts > to_utc_naive(ts_after))
         if ts_until is not None:
@@ -354,7 +358,9 @@ class Store:
 
     def latest_ts(self, model: str) -> datetime | None:
         with self.engine.connect() as conn:
-            value = conn.execute(select(func.max(observations.c.ts)).where(observations.c.model == model)).scalar()
+            value = conn.execute(
+                select(func.max(observations.c.ts)).where(and_(observations.c.model == model, _not_quarantined()))
+            ).scalar()
         return from_db_time(value)
 
     def latest_labelled_ts(self, model: str, known_at: datetime | None = None) -> datetime | None:
@@ -366,7 +372,7 @@ class Store:
                     labels, and_(labels.c.row_id == observations.c.row_id, labels.c.model == observations.c.model)
                 )
             )
-            .where(observations.c.model == model)
+            .where(observations.c.model == model, _not_quarantined())
         )
         if known_at is not None:
             query = query.where(labels.c.labelled_at <= to_utc_naive(known_at))
@@ -384,7 +390,7 @@ class Store:
                     labels, and_(labels.c.row_id == observations.c.row_id, labels.c.model == observations.c.model)
                 )
             )
-            .where(observations.c.model == model)
+            .where(observations.c.model == model, _not_quarantined())
         )
         if ts_after is not None:
             query = query.where(observations.c.ts > to_utc_naive(ts_after))
@@ -452,17 +458,7 @@ class Store:
         at: datetime | None = None,
     ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                audit.insert().values(
-                    model=model,
-                    at=to_utc_naive(at or datetime.now(UTC)),
-                    action=action,
-                    version=version,
-                    actor=actor,
-                    run_id=run_id,
-                    details=json.loads(json.dumps(details or {}, default=str)),
-                )
-            )
+            _write_audit(conn, model, action, version=version, actor=actor, run_id=run_id, details=details, at=at)
 
     def audit_log(self, model: str, actions: Sequence[str] | None = None) -> list[dict[str, Any]]:
         query = select(audit).where(audit.c.model == model)
@@ -470,6 +466,295 @@ class Store:
             query = query.where(audit.c.action.in_(list(actions)))
         with self.engine.connect() as conn:
             return [{**row._asdict(), "at": from_db_time(row.at)} for row in conn.execute(query.order_by(audit.c.id))]
+
+
+    # ---- quarantine ---------------------------------------------------------------------------
+
+    def quarantine(
+        self,
+        model: str,
+        *,
+        reason: str,
+        actor: str | None = None,
+        ids: Sequence[str] | None = None,
+        ts_from: datetime | None = None,
+        ts_until: datetime | None = None,
+    ) -> QuarantineResult:
+        """Take stored rows out of every window (``load``, ``latest_ts``, ``latest_labelled_ts``,
+        ``count_labels``): the rows ``ids``, or those with ``ts`` in [``ts_from``, ``ts_until``] (either
+        bound may be open). The rows and their labels stay stored; :meth:`release` puts them back. One
+        transaction with its audit entry (action ``quarantine``: who, why, which)."""
+        reason = _required_reason(reason)
+        now = to_utc_naive(datetime.now(UTC))
+        with self.engine.begin() as conn:
+            selected = self._select_rows(conn, model, ids, ts_from, ts_until, "quarantined")
+            already = self._existing_ids(conn, quarantine, model, selected)
+            new = [row_id for row_id in selected if row_id not in already]
+            for start in range(0, len(new), 5000):
+                conn.execute(
+                    quarantine.insert(),
+                    [{"model": model, "row_id": row_id, "at": now, "actor": actor, "reason": reason}
+                     for row_id in new[start : start + 5000]],
+                )
+            result = QuarantineResult(rows=len(new), already=len(already), ids=new[:AUDIT_IDS])
+            _write_audit(conn, model, "quarantine", actor=actor, details={
+                "reason": reason, "rows": len(new), "already_quarantined": len(already), "ids": new[:AUDIT_IDS],
+                "ts_from": ts_from, "ts_until": ts_until, "by_ids": ids is not None,
+            })
+        return result
+
+    def release(
+        self,
+        model: str,
+        *,
+        reason: str,
+        actor: str | None = None,
+        ids: Sequence[str] | None = None,
+        ts_from: datetime | None = None,
+        ts_until: datetime | None = None,
+    ) -> int:
+        """Undo :meth:`quarantine` for the rows selected the same way; returns how many came back. Audited
+        as ``quarantine_released``."""
+        reason = _required_reason(reason)
+        with self.engine.begin() as conn:
+            selected = self._select_rows(conn, model, ids, ts_from, ts_until, "released")
+            released = 0
+            for start in range(0, len(selected), 500):
+                released += conn.execute(
+                    quarantine.delete().where(
+                        and_(quarantine.c.model == model, quarantine.c.row_id.in_(selected[start : start + 500]))
+                    )
+                ).rowcount
+            _write_audit(conn, model, "quarantine_released", actor=actor, details={
+                "reason": reason, "rows": released, "ids": selected[:AUDIT_IDS], "ts_from": ts_from,
+                "ts_until": ts_until, "by_ids": ids is not None,
+            })
+        return released
+
+    def quarantined(self, model: str) -> list[dict[str, Any]]:
+        """The quarantined rows of ``model``: ``row_id, ts, at, actor, reason``, oldest quarantine first."""
+        query = (
+            select(quarantine.c.row_id, observations.c.ts, quarantine.c.at, quarantine.c.actor, quarantine.c.reason)
+            .select_from(quarantine.join(observations, and_(
+                observations.c.model == quarantine.c.model, observations.c.row_id == quarantine.c.row_id)))
+            .where(quarantine.c.model == model)
+            .order_by(quarantine.c.at, observations.c.ts, quarantine.c.row_id)
+        )
+        with self.engine.connect() as conn:
+            return [{**row._asdict(), "ts": from_db_time(row.ts), "at": from_db_time(row.at)}
+                    for row in conn.execute(query)]
+
+    def _select_rows(
+        self, conn, model: str, ids: Sequence[str] | None, ts_from: datetime | None, ts_until: datetime | None,
+        verb: str,
+    ) -> list[str]:
+        if (ids is None) == (ts_from is None and ts_until is None):
+            raise ValueError(f"{model}: give either row ids or a time range (from and/or until), not both or neither")
+        if ids is not None:
+            wanted = list(dict.fromkeys(str(i) for i in ids))
+            if not wanted:
+                raise ValueError(f"{model}: no row ids given")
+            known = self._existing_ids(conn, observations, model, wanted)
+            unknown = [i for i in wanted if i not in known]
+            if unknown:
+                raise ValueError(f"{model}: {len(unknown)} row_id(s) not stored, e.g. {unknown[:EXAMPLE_IDS]}; "
+                                 f"nothing {verb}")
+            return wanted
+        query = select(observations.c.row_id).where(observations.c.model == model)
+        if ts_from is not None:
+            query = query.where(observations.c.ts >= to_utc_naive(ts_from))
+        if ts_until is not None:
+            query = query.where(observations.c.ts <= to_utc_naive(ts_until))
+        selected = list(conn.execute(query.order_by(observations.c.ts, observations.c.row_id)).scalars())
+        if not selected:
+            raise ValueError(f"{model}: no stored row with ts in [{ts_from or '-inf'}, {ts_until or '+inf'}]; "
+                             f"nothing {verb}")
+        return selected
+
+
+# Ids named in a refused batch's message, and kept in a quarantine's audit entry (the table keeps all).
+EXAMPLE_IDS = 5
+AUDIT_IDS = 50
+
+
+class ConflictError(ValueError):
+    """A batch that would change stored facts, or label rows that are not there: nothing of it is stored."""
+
+
+@dataclass
+class WriteCounts:
+    new: int = 0
+    already_stored: int = 0
+
+
+@dataclass
+class QuarantineResult:
+    rows: int  # newly quarantined
+    already: int  # selected, but quarantined before
+    ids: list[str] = field(default_factory=list)  # the first newly quarantined ids
+
+
+# Refusal kinds: message template and what to do about it.
+_REFUSALS = {
+    "row_conflict": (
+        "{n} row(s) already stored with another ts or other feature values",
+        ("stored rows are never changed: send the corrected row under a new row_id and quarantine the old one "
+        "(driftline quarantine)"),
+    ),
+    "label_conflict": (
+        "{n} label(s) already stored with another value",
+        ("stored labels are never changed: quarantine the row and send it again under a new row_id with the "
+        "right label"),
+    ),
+    "unknown_rows": ("labels for {n} row(s) never scored or stored", ""),
+    "label_before_row": (
+        "{n} label(s) with labelled_at before their row's ts",
+        "a label cannot be known before its row happened",
+    ),
+    "non_finite": ("{n} row(s) with a non-finite feature value (inf)", "JSON cannot hold inf"),
+}
+
+
+class BatchWriter:
+    """Writes chunks of rows and labels of one model inside one transaction (:meth:`Store.batch`).
+    Problems are collected over all chunks, so the refusal counts them all; once there is one, chunks
+    are still checked but no longer inserted (the transaction will be rolled back)."""
+
+    def __init__(self, conn, model: str, feature_names: Sequence[str]) -> None:
+        self.conn = conn
+        self.model = model
+        self.feature_names = list(feature_names)
+        self.rows = WriteCounts()
+        self.labels = WriteCounts()
+        self._problems: dict[str, tuple[int, list[str]]] = {}
+
+    def _refuse(self, kind: str, ids: list[str]) -> None:
+        if ids:
+            count, examples = self._problems.get(kind, (0, []))
+            self._problems[kind] = (count + len(ids), examples + ids[: EXAMPLE_IDS - len(examples)])
+
+    def raise_if_refused(self) -> None:
+        if not self._problems:
+            return
+        parts = []
+        for kind, (count, examples) in self._problems.items():
+            template, advice = _REFUSALS[kind]
+            parts.append(f"{template.format(n=count)}, e.g. {examples}" + (f" ({advice})" if advice else ""))
+        raise ConflictError(f"{self.model}: refused, nothing stored: " + "; ".join(parts))
+
+    def _stored(self, table: Table, columns: Sequence[Column], ids: list[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for start in range(0, len(ids), 500):  # keep IN lists small for SQLite's variable limit
+            query = select(table.c.row_id, *columns).where(
+                and_(table.c.model == self.model, table.c.row_id.in_(ids[start : start + 500]))
+            )
+            found.update((row.row_id, row) for row in self.conn.execute(query))
+        return found
+
+    def add_observations(self, frame: pd.DataFrame) -> WriteCounts:
+        """Rows of this chunk: new ones inserted, identical ones counted as already stored, others refused."""
+        counts = WriteCounts()
+        if frame.empty:
+            return counts
+        ids = [str(i) for i in frame["row_id"]]
+        infinite = np.zeros(len(frame), dtype=bool)
+        for name in self.feature_names:
+            if pd.api.types.is_numeric_dtype(frame[name]):
+                infinite |= np.isinf(frame[name].to_numpy(dtype=float, na_value=np.nan))
+        stored = self._stored(observations, [observations.c.ts, observations.c.features], ids)
+        new_rows, conflicts = [], []
+        columns = [frame[name].tolist() for name in self.feature_names]
+        for position, (row_id, ts) in enumerate(zip(ids, frame["ts"], strict=True)):
+            if infinite[position]:
+                continue
+            values = {name: _json_safe(column[position]) for name, column in zip(self.feature_names, columns,
+                                                                                   strict=True)}
+            ts = to_utc_naive(ts)
+            old = stored.get(row_id)
+            if old is None:
+                new_rows.append({"model": self.model, "row_id": row_id, "ts": ts, "features": values})
+            elif old.ts == ts and all(old.features.get(name) == value for name, value in values.items()):
+                counts.already_stored += 1
+            else:
+                conflicts.append(row_id)
+        self._refuse("non_finite", [row_id for row_id, bad in zip(ids, infinite, strict=True) if bad])
+        self._refuse("row_conflict", conflicts)
+        if new_rows and not self._problems:
+            self.conn.execute(observations.insert(), new_rows)
+        counts.new = len(new_rows)
+        self.rows.new += counts.new
+        self.rows.already_stored += counts.already_stored
+        return counts
+
+    def add_labels(self, frame: pd.DataFrame) -> WriteCounts:
+        """Labels of this chunk, for rows stored before or earlier in this transaction."""
+        counts = WriteCounts()
+        if frame.empty:
+            return counts
+        ids = [str(i) for i in frame["row_id"]]
+        rows = self._stored(observations, [observations.c.ts], ids)
+        stored = self._stored(labels, [labels.c.label], ids)
+        new_rows, unknown, early, conflicts = [], [], [], []
+        for row_id, label, at in zip(ids, frame["label"].tolist(), frame["labelled_at"], strict=True):
+            row = rows.get(row_id)
+            at = to_utc_naive(at)
+            value = _json_safe(label)
+            if row is None:
+                unknown.append(row_id)
+            elif at < row.ts:
+                early.append(row_id)
+            elif row_id not in stored:
+                new_rows.append({"model": self.model, "row_id": row_id, "label": value, "labelled_at": at})
+            elif stored[row_id].label == value:
+                counts.already_stored += 1  # the first labelled_at stays: when the label became known
+            else:
+                conflicts.append(row_id)
+        self._refuse("unknown_rows", unknown)
+        self._refuse("label_before_row", early)
+        self._refuse("label_conflict", conflicts)
+        if new_rows and not self._problems:
+            self.conn.execute(labels.insert(), new_rows)
+        counts.new = len(new_rows)
+        self.labels.new += counts.new
+        self.labels.already_stored += counts.already_stored
+        return counts
+
+
+def _not_quarantined():
+    """The condition every window and "newest row" query carries: the row is not in quarantine."""
+    return ~exists().where(
+        and_(quarantine.c.model == observations.c.model, quarantine.c.row_id == observations.c.row_id)
+    )
+
+
+def _required_reason(reason: str) -> str:
+    if not str(reason or "").strip():
+        raise ValueError("a reason is required (it is kept with the rows and in the audit log)")
+    return str(reason).strip()
+
+
+def _write_audit(
+    conn,
+    model: str,
+    action: str,
+    *,
+    version: int | None = None,
+    actor: str | None = None,
+    run_id: str | None = None,
+    details: dict | None = None,
+    at: datetime | None = None,
+) -> None:
+    conn.execute(
+        audit.insert().values(
+            model=model,
+            at=to_utc_naive(at or datetime.now(UTC)),
+            action=action,
+            version=version,
+            actor=actor,
+            run_id=run_id,
+            details=json.loads(json.dumps(details or {}, default=str)),
+        )
+    )
 
 
 def _lock_timeout(model: str, timeout: float) -> ModelLockTimeout:

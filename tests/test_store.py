@@ -66,18 +66,56 @@ def test_add_observations_counts_new_and_reingest_is_noop(store, config):
     assert store.add_observations(MODEL, rows, config.feature_names) == 40
     first = store.load(MODEL, config.feature_names)
 
-    changed = rows.copy()
-    changed["income"] = 1.0
-    changed["ts"] = changed["ts"] + pd.Timedelta(days=3)
-    assert store.add_observations(MODEL, changed, config.feature_names) == 0
-    again = store.load(MODEL, config.feature_names)
-    pd.testing.assert_frame_equal(again, first)
-    assert (again["income"] != 1.0).all()
+    # the same rows again: nothing new, nothing changed
+    assert store.add_observations(MODEL, rows, config.feature_names) == 0
+    pd.testing.assert_frame_equal(store.load(MODEL, config.feature_names), first)
 
     # a batch half old, half new stores only the new half
     mixed = pd.concat([rows.iloc[:10], _rows(config, 1).iloc[:15]], ignore_index=True)
     assert store.add_observations(MODEL, mixed, config.feature_names) == 15
     assert _count(store, store_module.observations) == 55
+
+
+def test_resent_rows_with_other_values_are_refused_whole(store, config):
+    """Before: a re-sent row with new values was dropped silently ("stored 0 new rows")."""
+    rows = _rows(config, 0)
+    store.add_observations(MODEL, rows, config.feature_names)
+    first = store.load(MODEL, config.feature_names)
+
+    changed = pd.concat([rows.iloc[:5], _rows(config, 1).iloc[:5]], ignore_index=True)  # 5 stored, 5 new
+    changed.loc[1, "income"] += 1.0
+    changed.loc[3, "ts"] += pd.Timedelta(seconds=1)
+    with pytest.raises(store_module.ConflictError) as info:
+        store.add_observations(MODEL, changed, config.feature_names)
+    message = str(info.value)
+    assert "2 row(s) already stored with another ts or other feature values" in message
+    assert rows.loc[1, "row_id"] in message and rows.loc[3, "row_id"] in message
+    assert rows.loc[0, "row_id"] not in message  # an identical re-send is no conflict
+    assert "nothing stored" in message
+    pd.testing.assert_frame_equal(store.load(MODEL, config.feature_names), first)  # the 5 new rows neither
+    assert _count(store, store_module.observations) == 40
+
+
+def test_batch_counts_already_stored_and_rolls_back_every_chunk(store, config):
+    rows = _rows(config, 0)
+    store.add_observations(MODEL, rows.iloc[:10], config.feature_names)
+    with store.batch(MODEL, config.feature_names) as writer:
+        first = writer.add_observations(rows.iloc[:20])
+        second = writer.add_observations(rows.iloc[20:])
+        labels = writer.add_labels(_labels(config, 0))  # rows written by this same transaction
+    assert (first.new, first.already_stored, second.new, second.already_stored) == (10, 10, 20, 0)
+    assert (writer.rows.new, writer.rows.already_stored) == (30, 10)
+    assert (labels.new, writer.labels.new) == (40, 40)
+
+    other = _rows(config, 1)
+    flipped = _labels(config, 0)
+    flipped.loc[7, "label"] = 1 - flipped.loc[7, "label"]
+    with pytest.raises(store_module.ConflictError, match="1 label"), store.batch(MODEL, config.feature_names) as w:
+        w.add_observations(other)  # fine on its own ...
+        w.add_labels(_labels(config, 1))
+        w.add_labels(flipped)  # ... but refused with the conflicting label: all of it goes
+    assert _count(store, store_module.observations) == 40
+    assert _count(store, store_module.labels) == 40
 
 
 def test_round_trip_values_and_types(store, config):
@@ -195,17 +233,55 @@ def test_labels_are_not_overwritten(store, config):
     labels = _labels(config, 0)
     assert store.add_labels(MODEL, labels.iloc[:20]) == 20
 
-    flipped = labels.copy()
-    flipped["label"] = 1 - flipped["label"]
-    flipped["labelled_at"] = flipped["labelled_at"] + pd.Timedelta(days=5)
-    assert store.add_labels(MODEL, flipped) == 20  # only the 20 without a label yet
+    # the same labels, known later: already stored, the first labelled_at (when it became known) stays
+    later = labels.copy()
+    later["labelled_at"] = later["labelled_at"] + pd.Timedelta(days=5)
+    assert store.add_labels(MODEL, later) == 20  # only the 20 without a label yet
 
     out = store.load(MODEL, config.feature_names)
-    assert out["label"].iloc[:20].tolist() == labels["label"].iloc[:20].tolist()
+    assert out["label"].tolist() == labels["label"].tolist()
     assert (out["labelled_at"].iloc[:20] == labels["labelled_at"].iloc[:20]).all()
-    assert out["label"].iloc[20:].tolist() == flipped["label"].iloc[20:].tolist()
+    assert (out["labelled_at"].iloc[20:] == later["labelled_at"].iloc[20:]).all()
     assert store.add_labels(MODEL, labels) == 0
     assert store.add_labels(MODEL, labels.iloc[:0]) == 0
+
+
+def test_label_corrections_are_refused_loudly(store, config):
+    """Before: a corrected label was dropped silently, exit 0."""
+    store.add_observations(MODEL, _rows(config, 0), config.feature_names)
+    labels = _labels(config, 0)
+    store.add_labels(MODEL, labels.iloc[:20])
+    flipped = labels.copy()
+    flipped.loc[[2, 5, 9], "label"] = 1 - flipped.loc[[2, 5, 9], "label"]
+    with pytest.raises(store_module.ConflictError) as info:
+        store.add_labels(MODEL, flipped)
+    message = str(info.value)
+    assert "3 label(s) already stored with another value" in message
+    assert all(labels.loc[i, "row_id"] in message for i in (2, 5, 9))
+    assert _count(store, store_module.labels) == 20  # the 20 new ones in that file were not stored either
+
+
+def test_label_known_before_its_row_is_refused(store, config):
+    rows = _rows(config, 0)
+    store.add_observations(MODEL, rows, config.feature_names)
+    labels = _labels(config, 0)
+    labels.loc[4, "labelled_at"] = rows.loc[4, "ts"] - pd.Timedelta(minutes=1)
+    labels.loc[6, "labelled_at"] = rows.loc[6, "ts"]  # at the same instant is fine
+    with pytest.raises(store_module.ConflictError) as info:
+        store.add_labels(MODEL, labels)
+    assert "1 label(s) with labelled_at before their row's ts" in str(info.value)
+    assert rows.loc[4, "row_id"] in str(info.value)
+    assert _count(store, store_module.labels) == 0
+    assert store.add_labels(MODEL, labels.drop(index=4)) == 39
+
+
+def test_infinite_feature_never_reaches_the_database(store, config):
+    """On PostgreSQL inf used to die inside the driver ("invalid input syntax for type json")."""
+    rows = _rows(config, 0)
+    rows.loc[3, "income"] = np.inf
+    with pytest.raises(store_module.ConflictError, match=r"1 row\(s\) with a non-finite feature value"):
+        store.add_observations(MODEL, rows, config.feature_names)
+    assert _count(store, store_module.observations) == 0
 
 
 # ---- load filters -------------------------------------------------------------------------------
@@ -424,3 +500,70 @@ def test_large_batch_crosses_the_id_chunk(store, config):
     assert store.add_labels(MODEL, labels) == 620
     assert store.add_labels(MODEL, labels) == 0
     assert store.count_labels(MODEL, ts_after=None, known_at=None) == 620
+
+
+# ---- quarantine ---------------------------------------------------------------------------------
+
+
+def test_quarantine_takes_a_future_row_out_of_every_window(store, config):
+    rows = _ingest(store, config, [0])
+    real_newest = rows["ts"].max().to_pydatetime()
+    future = _rows(config, 1).iloc[:1].copy()
+    future["row_id"] = "from-2099"
+    future["ts"] = pd.Timestamp("2099-01-01", tz="UTC")  # slipped in before ingest refused such rows
+    store.add_observations(MODEL, future, config.feature_names)
+    store.add_labels(MODEL, pd.DataFrame({"row_id": ["from-2099"], "label": [1],
+                                          "labelled_at": [pd.Timestamp("2099-01-02", tz="UTC")]}))
+    assert store.latest_ts(MODEL).year == 2099
+    assert store.latest_labelled_ts(MODEL).year == 2099
+    assert store.count_labels(MODEL, ts_after=None, known_at=None) == 41
+
+    result = store.quarantine(MODEL, ids=["from-2099"], reason="clock bug upstream", actor="ana")
+    assert (result.rows, result.already, result.ids) == (1, 0, ["from-2099"])
+    assert store.latest_ts(MODEL) == real_newest  # as_of goes back to the real newest row
+    assert store.latest_labelled_ts(MODEL) == real_newest
+    assert store.count_labels(MODEL, ts_after=None, known_at=None) == 40
+    loaded = store.load(MODEL, config.feature_names)
+    assert len(loaded) == 40 and "from-2099" not in set(loaded["row_id"])
+    assert len(store.load(MODEL, config.feature_names, labelled_only=True)) == 40
+    assert _count(store, store_module.observations) == 41  # still stored, not deleted
+
+    (entry,) = store.audit_log(MODEL, ["quarantine"])
+    assert entry["actor"] == "ana"
+    assert entry["details"]["reason"] == "clock bug upstream"
+    assert entry["details"]["ids"] == ["from-2099"] and entry["details"]["rows"] == 1
+    (listed,) = store.quarantined(MODEL)
+    assert listed["row_id"] == "from-2099" and listed["reason"] == "clock bug upstream"
+    assert listed["ts"].year == 2099
+
+    # again: nothing new; then reversible
+    assert store.quarantine(MODEL, ids=["from-2099"], reason="again", actor="ana").already == 1
+    assert store.release(MODEL, ids=["from-2099"], reason="clock fixed, row is real", actor="bo") == 1
+    assert store.latest_ts(MODEL).year == 2099
+    assert store.audit_log(MODEL, ["quarantine_released"])[0]["actor"] == "bo"
+
+
+def test_quarantine_by_time_range_is_inclusive(store, config):
+    rows = _ingest(store, config, [0, 1], labelled=False)
+    start, end = rows["ts"].iloc[10], rows["ts"].iloc[19]
+    result = store.quarantine(MODEL, ts_from=start, ts_until=end, reason="sensor outage", actor="ana")
+    assert result.rows == 10
+    left = store.load(MODEL, config.feature_names)["row_id"].tolist()
+    assert left == rows["row_id"].iloc[:10].tolist() + rows["row_id"].iloc[20:].tolist()
+    # an open end: everything from a time on
+    assert store.quarantine(MODEL, ts_from=rows["ts"].iloc[70], reason="late batch").rows == 10
+    assert len(store.load(MODEL, config.feature_names)) == 60
+
+
+def test_quarantine_refuses_unknown_ids_and_needs_a_reason(store, config):
+    _ingest(store, config, [0], labelled=False)
+    with pytest.raises(ValueError, match=r"1 row_id\(s\) not stored, e\.g\. \['nope'\]; nothing quarantined"):
+        store.quarantine(MODEL, ids=["s5-p0-00001", "nope"], reason="x")
+    with pytest.raises(ValueError, match="reason is required"):
+        store.quarantine(MODEL, ids=["s5-p0-00001"], reason=" ")
+    with pytest.raises(ValueError, match="either row ids or a time range"):
+        store.quarantine(MODEL, reason="x")
+    with pytest.raises(ValueError, match="no stored row with ts in"):
+        store.quarantine(MODEL, ts_from=datetime(2090, 1, 1, tzinfo=UTC), reason="x")
+    assert store.quarantined(MODEL) == [] and store.audit_log(MODEL) == []
+    assert len(store.load(MODEL, config.feature_names)) == 40
