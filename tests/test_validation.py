@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 
 from ml.simulator import CreditDefaultSimulator
-from ml.validation import DataValidationError, validate_incoming, validate_incoming_labels, validate_window
+from ml.validation import (
+    DataValidationError,
+    validate_csv,
+    validate_incoming,
+    validate_incoming_labels,
+    validate_window,
+)
 
 SIM = CreditDefaultSimulator(seed=11, rows_per_period=30)
 
@@ -302,3 +308,154 @@ def test_incoming_labels_duplicated_row_id(label_batch, config):
     assert "incoming labels" in message
     assert "duplicated row_id" in message
     assert label_batch["row_id"].iloc[4] in message
+
+
+# ---- non-finite numbers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, "inf", "-Infinity"])
+def test_non_finite_numbers_are_refused(features, config, value):
+    bad = features.copy()
+    bad["income"] = bad["income"].astype(object)
+    bad.loc[[3, 8], "income"] = value
+    message = _error(validate_window, bad, config, window="current")
+    assert "current window" in message
+    assert "column 'income' holds 2 non-finite value(s)" in message
+    assert repr(bad.loc[3, "row_id"]) in message  # which row to quarantine
+    assert "column 'income'" in _error(validate_incoming, bad, config)
+
+
+def test_non_finite_regression_label_is_refused(labelled, config):
+    cfg = config.model_copy(update={"task": "regression"})
+    bad = labelled.copy()
+    bad["label"] = bad["label"].astype(float)
+    bad.loc[2, "label"] = np.inf
+    message = _error(validate_window, bad, cfg, window="training", require_labels=True)
+    assert "1 non-numeric or non-finite label(s)" in message
+
+
+# ---- times: the future, ISO 8601 -----------------------------------------------------------------------
+
+NOW = pd.Timestamp("2026-03-01 12:00", tz="UTC").to_pydatetime()
+
+
+def test_future_ts_is_refused_beyond_the_tolerance(features, config, monkeypatch):
+    monkeypatch.delenv("DRIFTLINE_FUTURE_TOLERANCE", raising=False)
+    raw = features.copy()
+    raw.loc[4, "ts"] = pd.Timestamp("2099-01-01", tz="UTC")
+    raw.loc[5, "ts"] = pd.Timestamp(NOW) + pd.Timedelta(minutes=61)
+    message = _error(validate_incoming, raw, config, now=NOW)
+    assert "2 ts value(s) in the future" in message
+    assert "now + 1h" in message and "2026-03-01 13:00 UTC" in message
+    assert "2099-01-01" in message
+    assert "DRIFTLINE_FUTURE_TOLERANCE" in message
+    # within the default tolerance (clock skew) is fine
+    raw.loc[4, "ts"] = pd.Timestamp(NOW) + pd.Timedelta(minutes=59)
+    raw.loc[5, "ts"] = pd.Timestamp(NOW) + pd.Timedelta(minutes=60)
+    assert len(validate_incoming(raw, config, now=NOW)) == len(raw)
+    # the setting
+    monkeypatch.setenv("DRIFTLINE_FUTURE_TOLERANCE", "10m")
+    assert "2 ts value(s) in the future (later than now + 10m" in _error(validate_incoming, raw, config, now=NOW)
+    monkeypatch.setenv("DRIFTLINE_FUTURE_TOLERANCE", "2d")
+    raw.loc[4, "ts"] = pd.Timestamp(NOW) + pd.Timedelta(days=1)
+    assert len(validate_incoming(raw, config, now=NOW)) == len(raw)
+    monkeypatch.setenv("DRIFTLINE_FUTURE_TOLERANCE", "soon")
+    with pytest.raises(ValueError, match="DRIFTLINE_FUTURE_TOLERANCE: not a duration: 'soon'"):
+        validate_incoming(raw, config, now=NOW)
+
+
+def test_future_ts_is_refused_against_the_real_clock(features, config):
+    raw = features.copy()
+    raw.loc[0, "ts"] = "2099-01-01T00:00:00Z"
+    assert "1 ts value(s) in the future" in _error(validate_incoming, raw, config)
+
+
+def test_future_labelled_at_is_refused(label_batch, config):
+    raw = label_batch.copy()
+    raw.loc[1, "labelled_at"] = pd.Timestamp("2099-06-01", tz="UTC")
+    message = _error(validate_incoming_labels, raw, config, now=NOW)
+    assert "incoming labels" in message
+    assert "1 labelled_at value(s) in the future" in message
+
+
+def test_iso_times_with_mixed_precision_and_offsets_are_accepted(features, config):
+    raw = features.iloc[:4].copy()
+    raw["ts"] = ["2026-01-03T10:00:00Z", "2026-01-03T10:00:00.5Z", "2026-01-03T12:00:00.123456+02:00",
+                 "2026-01-03 10:00"]
+    clean = validate_incoming(raw, config)
+    assert clean["ts"].tolist() == [
+        pd.Timestamp("2026-01-03 10:00:00", tz="UTC"), pd.Timestamp("2026-01-03 10:00:00.5", tz="UTC"),
+        pd.Timestamp("2026-01-03 10:00:00.123456", tz="UTC"), pd.Timestamp("2026-01-03 10:00:00", tz="UTC"),
+    ]
+
+
+def test_non_iso_time_is_named(features, config):
+    raw = features.iloc[:3].copy()
+    raw["ts"] = ["2026-01-03T10:00:00Z", "01/02/2026 10:00", "2026-01-03T11:00:00Z"]
+    message = _error(validate_incoming, raw, config)
+    assert "1 unparseable or missing ts value(s) (ISO 8601 expected), e.g. '01/02/2026 10:00'" in message
+
+
+# ---- ids ----------------------------------------------------------------------------------------------
+
+
+def test_ids_come_back_as_text(features, config):
+    raw = features.iloc[:3].copy()
+    raw["row_id"] = [7, 8, 9]
+    assert validate_incoming(raw, config)["row_id"].tolist() == ["7", "8", "9"]
+    raw["row_id"] = ["7", 7, "8"]  # the same id once it is text
+    assert "duplicated row_id(s), e.g. ['7']" in _error(validate_incoming, raw, config)
+
+
+def test_too_long_id_is_refused(features, config):
+    raw = features.iloc[:3].copy()
+    raw.loc[1, "row_id"] = "x" * 129
+    assert "1 row_id(s) longer than 128 characters" in _error(validate_incoming, raw, config)
+
+
+# ---- CSV files in chunks ----------------------------------------------------------------------------
+
+
+def _csv(tmp_path, frame: pd.DataFrame, name: str = "rows.csv"):
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_csv_ids_and_categories_are_read_as_text(tmp_path, features, config):
+    raw = features.iloc[:3].copy()
+    raw["row_id"] = ["007", "7", "NA"]  # NA is an id, not a missing value
+    raw["home_ownership"] = ["01", "1", "own"]
+    path = _csv(tmp_path, raw)
+    (clean,) = list(validate_csv(path, config, kind="rows", chunk_rows=10))
+    assert clean["row_id"].tolist() == ["007", "7", "NA"]
+    assert clean["home_ownership"].tolist() == ["01", "1", "own"]
+
+
+def test_csv_chunks_cover_the_file_and_name_the_rows(tmp_path, features, config):
+    path = _csv(tmp_path, features)  # 30 rows
+    chunks = list(validate_csv(path, config, kind="rows", chunk_rows=8))
+    assert [len(c) for c in chunks] == [8, 8, 8, 6]
+    assert pd.concat(chunks)["row_id"].tolist() == features["row_id"].tolist()
+
+    bad = features.copy()
+    bad["income"] = bad["income"].astype(object)
+    bad.loc[[18, 19], "income"] = "inf"
+    message = _error(list, validate_csv(_csv(tmp_path, bad), config, kind="rows", chunk_rows=8))
+    assert "rows.csv rows 17-24" in message and "2 non-finite" in message
+
+
+def test_csv_id_repeated_in_a_later_chunk_is_refused(tmp_path, features, config):
+    bad = features.copy()
+    bad.loc[25, "row_id"] = bad.loc[2, "row_id"]
+    message = _error(list, validate_csv(_csv(tmp_path, bad), config, kind="rows", chunk_rows=8))
+    assert "already earlier in the file" in message and bad.loc[2, "row_id"] in message
+
+
+def test_csv_labels_and_empty_file(tmp_path, label_batch, config):
+    labels = label_batch.copy()
+    (clean,) = list(validate_csv(_csv(tmp_path, labels, "labels.csv"), config, kind="labels", chunk_rows=100))
+    assert clean["label"].tolist() == label_batch["label"].tolist()  # "0"/"1" text -> the configured 0/1
+    assert {type(v) for v in clean["label"]} == {int}
+    empty = _csv(tmp_path, labels.iloc[:0], "empty.csv")
+    assert "empty (no rows)" in _error(list, validate_csv(empty, config, kind="labels", chunk_rows=100))
