@@ -1,0 +1,592 @@
+"""Online scoring: the framework-free core of ``driftline serve`` (the HTTP layer is driftline/serve.py).
+
+- ``parse_rows``: a request body checked against the model's configured features; every problem is
+  reported with the path of the field (``["rows", 3, "income"]``), as FastAPI reports its own 422s.
+- ``ModelHolder`` + ``AliasFollower``: the served model is one reference. A background thread polls the
+  alias, loads the new version fully beside the old one and swaps the reference in one assignment, so
+  a request (which reads the reference once) finishes on the model it started with and never waits
+  for a load. Only versions whose registry verdict is ``promoted`` are loaded.
+- ``PredictionWriter``: every answered row is written to the store (row + prediction + version in one
+  transaction) by a writer thread, off the request path. A batch the store refuses goes to a spool
+  file under ``DRIFTLINE_HOME`` and is written when the store answers again, also by a later process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import and_, select
+
+from ml.config import ModelConfig
+from ml.registry import CHAMPION, Registry, VersionInfo
+from ml.store import Store, _json_safe, observations, to_utc_naive
+
+log = logging.getLogger("driftline.serve")
+
+MAX_ROWS = 1000  # per request: bounds the time one request holds a worker thread
+KEY_MAX_CHARS = 128  # the store's row_id column
+BLESSED_VERDICT = "promoted"  # written by Registry.promote (and on the version a rollback restores)
+
+
+# ---- request validation ---------------------------------------------------------------------------
+
+
+class RequestError(ValueError):
+    """A request body that must not reach the model. ``errors`` are FastAPI-style:
+    ``{"loc": ["body", "rows", 0, "income"], "msg": "...", "type": "..."}``."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        self.errors = errors
+
+
+def parse_rows(payload: Any, config: ModelConfig, *, max_rows: int = MAX_ROWS) -> pd.DataFrame:
+    """``{"rows": [{"key": "...", <feature>: value, ...}, ...]}`` -> a frame with ``row_id`` and the
+    features (numerical as float, categorical as str or None), the dtypes batch validation gives.
+
+    Rules: every feature present (``null`` is allowed and means "unknown": the pipeline imputes it,
+    as in batch scoring); numerical = a JSON number, finite, not a boolean; categorical = a string (or
+    an integer, taken as its text); ``key`` = a non-empty string of at most 128 characters, unique in
+    the request; no other fields. All problems are collected (up to 20), not only the first."""
+    errors: list[dict[str, Any]] = []
+
+    def bad(loc: tuple[Any, ...], msg: str, kind: str) -> None:
+        errors.append({"loc": ["body", *loc], "msg": msg, "type": kind})
+
+    if not isinstance(payload, dict):
+        bad((), f"expected a JSON object with 'rows', got {_json_type(payload)}", "object_type")
+        raise RequestError(errors)
+    for extra in sorted(set(payload) - {"rows"}):
+        bad((extra,), "unknown field (the body holds only 'rows')", "extra_forbidden")
+    rows = payload.get("rows")
+    if "rows" not in payload:
+        bad(("rows",), "field required", "missing")
+    elif not isinstance(rows, list):
+        bad(("rows",), f"expected a list of row objects, got {_json_type(rows)}", "list_type")
+    elif not rows:
+        bad(("rows",), "empty list: send at least one row", "too_short")
+    elif len(rows) > max_rows:
+        bad(("rows",), f"{len(rows)} rows; at most {max_rows} per request", "too_long")
+    if errors:
+        raise RequestError(errors)
+
+    kinds = {f.name: f.kind for f in config.features}
+    allowed = {"key", *kinds}
+    seen: dict[str, int] = {}
+    records = []
+    for i, row in enumerate(rows):
+        if len(errors) >= 20:
+            break
+        if not isinstance(row, dict):
+            bad(("rows", i), f"expected an object, got {_json_type(row)}", "object_type")
+            continue
+        key = row.get("key")
+        if "key" not in row:
+            bad(("rows", i, "key"), "field required (the row's id: labels join on it later)", "missing")
+        elif not isinstance(key, str) or not key.strip():
+            bad(("rows", i, "key"), f"expected a non-empty string, got {_json_type(key)}", "string_type")
+        elif len(key) > KEY_MAX_CHARS:
+            bad(("rows", i, "key"), f"{len(key)} characters; at most {KEY_MAX_CHARS}", "string_too_long")
+        elif key in seen:
+            bad(("rows", i, "key"), f"duplicate of rows[{seen[key]}].key {key!r}", "duplicate")
+        else:
+            seen[key] = i
+        for extra in sorted(set(row) - allowed):
+            bad(("rows", i, extra), f"unknown field; the features are {sorted(kinds)}", "extra_forbidden")
+        record: dict[str, Any] = {"row_id": key}
+        for name, kind in kinds.items():
+            if name not in row:
+                bad(("rows", i, name), f"field required ({kind} feature)", "missing")
+                continue
+            value = row[name]
+            if value is None:
+                record[name] = None
+            elif kind == "numerical":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    bad(("rows", i, name), f"expected a number, got {_json_type(value)}", "float_type")
+                elif not math.isfinite(float(value)):
+                    bad(("rows", i, name), f"expected a finite number, got {value!r}", "finite_number")
+                else:
+                    record[name] = float(value)
+            elif isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+                record[name] = str(value)
+            else:
+                bad(("rows", i, name), f"expected a string, got {_json_type(value)}", "string_type")
+        records.append(record)
+    if errors:
+        raise RequestError(errors[:20])
+    frame = pd.DataFrame.from_records(records, columns=["row_id", *kinds])
+    for name in config.numerical:
+        frame[name] = frame[name].astype(float)
+    for name in config.categorical:
+        frame[name] = frame[name].astype(object)
+    return frame
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+# ---- the served model and its hot swap ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded version; never changed after the load, so requests may share it freely."""
+
+    name: str
+    version: int
+    alias: str
+    model: Any
+    loaded_at: datetime
+    data_start: str | None
+    data_end: str | None
+    verdict: str | None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "loaded_at": self.loaded_at.isoformat(),
+            "trained_on": {"start": self.data_start, "end": self.data_end},
+            "verdict": self.verdict,
+        }
+
+
+class ModelHolder:
+    """The served model as one reference. A request reads ``current`` once and uses that object to
+    the end; ``swap`` is a single assignment (atomic under the GIL), so there is no lock to wait on."""
+
+    def __init__(self) -> None:
+        self.current: ServedModel | None = None
+
+    def swap(self, new: ServedModel) -> ServedModel | None:
+        old, self.current = self.current, new
+        return old
+
+
+def unblessed_reason(info: VersionInfo) -> str | None:
+    """None if Driftline promoted this version; else why it must not be served."""
+    verdict = info.tag("verdict")
+    if verdict != BLESSED_VERDICT:
+        return f"its driftline.verdict tag is {verdict!r}, not {BLESSED_VERDICT!r} (not promoted by Driftline)"
+    return None
+
+
+class AliasFollower:
+    """Polls ``alias`` every ``poll_seconds`` and swaps in the version it names, once it is loaded.
+
+    The version is read once and everything after (tags, artifacts) is fetched by that number: a
+    move of the alias in between cannot pair one version's number with another's model. A version
+    that is not blessed is refused and the old one stays; it is checked again at every poll (a
+    rollback tags the restored version just after moving the alias), but logged once."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        holder: ModelHolder,
+        *,
+        alias: str = CHAMPION,
+        poll_seconds: float = 2.0,
+        load: Callable[[int], Any] | None = None,
+        load_retry_seconds: float = 30.0,
+    ) -> None:
+        self.registry = registry
+        self.holder = holder
+        self.alias = alias
+        self.poll_seconds = poll_seconds
+        self._load = load or registry.load_model
+        self.load_retry_seconds = load_retry_seconds
+        self.last_checked_at: datetime | None = None
+        self.last_error: str | None = None
+        self.refused: dict[int, str] = {}  # version -> why (the newest refusals)
+        self._failed_loads: dict[int, float] = {}  # version -> monotonic time of the failed load
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check_once(self) -> str:
+        """One poll. Returns what happened: unchanged | loaded | refused | no_alias | error | waiting."""
+        try:
+            version = self.registry.version_for(self.alias)
+            self.last_checked_at = datetime.now(UTC)
+            current = self.holder.current
+            if version is None:
+                return "no_alias"
+            if current is not None and current.version == version:
+                return "unchanged"
+            failed_at = self._failed_loads.get(version)
+            if failed_at is not None and time.monotonic() - failed_at < self.load_retry_seconds:
+                return "waiting"
+            info = self.registry.info(version)
+            reason = unblessed_reason(info)
+            if reason is not None:
+                if self.refused.get(version) != reason:
+                    log.warning("%s@%s is v%s, which is not served: %s; still serving %s", self.registry.name,
+                                self.alias, version, reason, f"v{current.version}" if current else "nothing")
+                self.refused = {version: reason}
+                return "refused"
+            started = time.monotonic()
+            try:
+                model = self._load(version)  # by number: the alias may have moved since we read it
+            except Exception:
+                self._failed_loads[version] = time.monotonic()
+                raise
+            served = ServedModel(
+                name=self.registry.name, version=version, alias=self.alias, model=model,
+                loaded_at=datetime.now(UTC), data_start=info.tag("data_start"), data_end=info.tag("data_end"),
+                verdict=info.tag("verdict"),
+            )
+            old = self.holder.swap(served)
+            self.refused = {}
+            self._failed_loads.pop(version, None)
+            self.last_error = None
+            log.info("now serving %s v%s (was %s; loaded in %.2f s)", self.registry.name, version,
+                     f"v{old.version}" if old else "nothing", time.monotonic() - started)
+            return "loaded"
+        except Exception as exc:  # noqa: BLE001 (registry or artifact store down: keep serving, retry)
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self.last_error:
+                log.error("checking %s@%s failed (still serving what was loaded): %s",
+                          self.registry.name, self.alias, message)
+            self.last_error = message
+            return "error"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"follow-{self.alias}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            self.check_once()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "poll_seconds": self.poll_seconds,
+            "last_checked_at": self.last_checked_at.isoformat() if self.last_checked_at else None,
+            "last_error": self.last_error,
+            "refused": [{"version": v, "reason": r} for v, r in self.refused.items()],
+        }
+
+
+# ---- writing what was served ----------------------------------------------------------------------
+
+
+@dataclass
+class WriterStats:
+    written: int = 0  # rows inserted into the store
+    duplicates: int = 0  # rows whose key was already stored (first write wins)
+    spooled: int = 0  # rows waiting in the spool for the store
+    store_ok: bool = True
+    last_error: str | None = None
+    outages: int = 0
+
+
+def write_served(store: Store, model: str, rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """Insert served rows (``row_id, ts, features, prediction, score, model_version, scored_at``) in
+    one transaction: a row is never stored without the prediction and version it was answered with.
+    A key already stored keeps its first row and prediction, so re-writing a batch (a retry after a
+    failed commit, a spool written twice after a crash) changes nothing. Returns (inserted, skipped)."""
+    unique: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault(str(row["row_id"]), row)  # the same key twice in a batch: the first wins
+    ids = list(unique)
+    with store.engine.begin() as conn:
+        existing: set[str] = set()
+        for start in range(0, len(ids), 500):  # SQLite's variable limit
+            chunk = ids[start : start + 500]
+            existing.update(conn.execute(
+                select(observations.c.row_id).where(and_(observations.c.model == model,
+                                                         observations.c.row_id.in_(chunk)))
+            ).scalars())
+        values = [
+            {
+                "model": model,
+                "row_id": row_id,
+                "ts": to_utc_naive(row["ts"]),
+                "features": {k: _json_safe(v) for k, v in row["features"].items()},
+                "prediction": _json_safe(row["prediction"]),
+                "score": _json_safe(row.get("score")),
+                "model_version": int(row["model_version"]),
+                "scored_at": to_utc_naive(row["ts"]),
+            }
+            for row_id, row in unique.items()
+            if row_id not in existing
+        ]
+        if values:
+            conn.execute(observations.insert(), values)
+    return len(values), len(rows) - len(values)
+
+
+class Spool:
+    """Batches the store refused, one JSON line each, fsynced, in ``<folder>/<model>.<token>.jsonl``.
+
+    Each process holds an exclusive ``flock`` on its own file while it runs; a file nobody holds is
+    left by a process that stopped before the store came back, and the next one adopts it."""
+
+    def __init__(self, folder: Path, model: str) -> None:
+        self.folder = folder
+        self.model = model
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{model}.{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the process's life)
+        fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        self._handle.write(json.dumps(rows, default=str) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def batches(self) -> Iterator[list[dict[str, Any]]]:
+        self._handle.seek(0)
+        for line in self._handle:
+            if line.strip():
+                yield json.loads(line)
+
+    def clear(self) -> None:
+        """Only once every batch is in the store: a crash before this re-writes them, which is harmless."""
+        self._handle.truncate(0)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def adopt_orphans(self) -> int:
+        """Copy spools of stopped processes into this one (then delete them); returns rows adopted."""
+        adopted = 0
+        for path in sorted(self.folder.glob(f"{self.model}.*.jsonl")):
+            if path == self.path:
+                continue
+            with open(path, "r+", encoding="utf-8") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process's spool
+                for line in handle:
+                    if line.strip():
+                        batch = json.loads(line)
+                        self.append(batch)
+                        adopted += len(batch)
+                path.unlink()  # after the copy is fsynced: a crash in between duplicates, never loses
+        return adopted
+
+    def close(self) -> None:
+        empty = self._handle.seek(0, os.SEEK_END) == 0
+        self._handle.close()  # releases the lock: a later process adopts what is left
+        if empty:
+            self.path.unlink(missing_ok=True)
+
+
+class PredictionWriter:
+    """Queue + one writer thread. ``submit`` only enqueues (no I/O on the request path). The thread
+    writes what has queued every ``flush_seconds`` as one transaction; if the store fails, the batch
+    goes to the spool, and the spool is retried every ``retry_seconds`` (new batches queue behind it
+    in the spool, so the first answer for a key stays the one stored). ``close`` writes or spools
+    everything still queued."""
+
+    def __init__(
+        self,
+        store_url: str,
+        model: str,
+        spool_dir: Path,
+        *,
+        flush_seconds: float = 0.2,
+        retry_seconds: float = 1.0,
+        max_batch: int = 2000,
+        store_factory: Callable[[str], Store] = Store,
+    ) -> None:
+        self.store_url = store_url
+        self.model = model
+        self.flush_seconds = flush_seconds
+        self.retry_seconds = retry_seconds
+        self.max_batch = max_batch
+        self.stats = WriterStats()
+        self.spool = Spool(spool_dir, model)
+        self._store_factory = store_factory
+        self._store: Store | None = None
+        self._queue: queue.SimpleQueue[list[dict[str, Any]] | None] = queue.SimpleQueue()
+        self._queued_rows = 0
+        self._count_lock = threading.Lock()
+        self._last_retry = 0.0
+        self._thread: threading.Thread | None = None
+
+    # -- request side --
+
+    def submit(self, rows: list[dict[str, Any]]) -> None:
+        with self._count_lock:
+            self._queued_rows += len(rows)
+        self._queue.put(rows)
+
+    @property
+    def queued(self) -> int:
+        return self._queued_rows
+
+    # -- writer thread --
+
+    def start(self) -> None:
+        self.stats.spooled = self.spool.adopt_orphans()  # our own spool is new: the orphans are all of it
+        if self.stats.spooled:
+            log.warning("%s rows from an earlier run wait in the spool; writing them when the store answers",
+                        self.stats.spooled)
+        self._thread = threading.Thread(target=self._run, name="prediction-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            rows, stopping = self._take()
+            if rows:
+                self._handle(rows)
+            if self.stats.spooled and time.monotonic() - self._last_retry >= self.retry_seconds:
+                self._drain()
+        if self.stats.spooled:
+            self._drain()  # one last try at shutdown; what stays is on disk for the next process
+
+    def _take(self) -> tuple[list[dict[str, Any]], bool]:
+        """Everything queued within one flush interval (up to max_batch rows); True once close() was called."""
+        rows: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self.flush_seconds
+        while len(rows) < self.max_batch:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                # close(): everything submitted before it is already ahead of it in the queue.
+                rest, _ = self._take_all()
+                return rows + rest, True
+            rows.extend(item)
+        return rows, False
+
+    def _take_all(self) -> tuple[list[dict[str, Any]], bool]:
+        rows: list[dict[str, Any]] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return rows, True
+            if item is not None:
+                rows.extend(item)
+
+    def _handle(self, rows: list[dict[str, Any]]) -> None:
+        with self._count_lock:
+            self._queued_rows -= len(rows)
+        if self.stats.spooled:
+            self._to_spool(rows)  # keep the order: earlier batches are still waiting there
+            return
+        try:
+            self._write(rows)
+        except Exception as exc:  # noqa: BLE001 (any store failure: keep the rows, retry later)
+            self._outage(exc)
+            self._to_spool(rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        if self._store is None:
+            self._store = self._store_factory(self.store_url)  # connects (and creates tables) lazily
+        inserted, skipped = write_served(self._store, self.model, rows)
+        self.stats.written += inserted
+        self.stats.duplicates += skipped
+        if not self.stats.store_ok:
+            log.warning("store answers again")
+        self.stats.store_ok = True
+        self.stats.last_error = None
+
+    def _to_spool(self, rows: list[dict[str, Any]]) -> None:
+        self.spool.append(rows)
+        self.stats.spooled += len(rows)
+
+    def _outage(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if self.stats.store_ok:
+            self.stats.outages += 1
+            log.error("store write failed, spooling predictions to %s until it answers: %s", self.spool.path, message)
+        self.stats.store_ok = False
+        self.stats.last_error = message
+        self._last_retry = time.monotonic()
+
+    def _drain(self) -> None:
+        self._last_retry = time.monotonic()
+        try:
+            for batch in self.spool.batches():
+                self._write(batch)
+        except Exception as exc:  # noqa: BLE001
+            self._outage(exc)
+            return
+        log.info("wrote %s spooled rows", self.stats.spooled)
+        self.spool.clear()
+        self.stats.spooled = 0
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write (or spool) everything submitted so far, then stop."""
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.spool.close()
+
+    def describe(self) -> dict[str, Any]:
+        s = self.stats
+        return {"queued": self.queued, "written": s.written, "duplicates": s.duplicates, "spooled": s.spooled,
+                "store_ok": s.store_ok, "last_error": s.last_error, "outages": s.outages}
+
+
+# ---- the service: what one request does -----------------------------------------------------------
+
+
+class NotReady(RuntimeError):
+    """No blessed version loaded yet."""
+
+
+class ScoringService:
+    """Validation, scoring with the current model, and the hand-off to the writer."""
+
+    def __init__(self, config: ModelConfig, holder: ModelHolder, writer: PredictionWriter) -> None:
+        self.config = config
+        self.holder = holder
+        self.writer = writer
+
+    def predict(self, payload: Any, received_at: datetime) -> dict[str, Any]:
+        from ml.training import predict
+
+        frame = parse_rows(payload, self.config)
+        served = self.holder.current  # read once: this request uses this version to the end
+        if served is None:
+            raise NotReady(f"no blessed {self.config.name}@{CHAMPION} loaded yet")
+        prediction, score = predict(self.config, served.model, frame)
+        answers = []
+        stored = []
+        features = frame[self.config.feature_names].to_dict("records")
+        for i, key in enumerate(frame["row_id"]):
+            value = _json_safe(prediction[i])
+            answer: dict[str, Any] = {"key": key, "prediction": value}
+            if score is not None:
+                answer["score"] = float(score[i])
+            answers.append(answer)
+            stored.append({"row_id": key, "ts": received_at.isoformat(), "features": features[i],
+                           "prediction": value, "score": answer.get("score"), "model_version": served.version})
+        self.writer.submit(stored)
+        return {"model": self.config.name, "version": served.version, "predictions": answers}

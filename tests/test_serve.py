@@ -1,0 +1,470 @@
+"""``driftline serve``: a real uvicorn server process (``python -m driftline.cli serve``) on a free loopback
+port, a real MLflow SQLite registry and a real store under a temp DRIFTLINE_HOME. The champion alias is
+moved with the real ``Registry`` while a bounded client loop sends requests.
+
+Each server start costs a few seconds (imports, first model load), so each test starts one or two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import mlflow
+import mlflow.sklearn
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml import tracking
+from ml.registry import CHAMPION, Registry
+from ml.settings import get_settings
+from ml.simulator import CreditDefaultSimulator
+from ml.store import Store
+from ml.training import fit_full, predict
+
+ROOT = Path(__file__).resolve().parent.parent
+POLL = 1.0  # the server's alias poll in these tests (default 2 s)
+
+
+# ---- registry with real versions ------------------------------------------------------------------
+
+
+def _labelled(sim: CreditDefaultSimulator, periods: list[int]) -> pd.DataFrame:
+    frames = []
+    for period in periods:
+        batch = sim.batch(period)
+        frames.append(batch.features.merge(batch.labels[["row_id", "label"]], on="row_id"))
+    return pd.concat(frames, ignore_index=True)
+
+
+@dataclass
+class World:
+    config: object
+    registry: Registry
+    models: dict[int, object]  # version -> the fitted pipeline logged as that version
+    rows: pd.DataFrame  # feature rows to send
+
+
+def _log_version(name: str, model: object, data: pd.DataFrame) -> int:
+    tracking.client()
+    experiment = tracking.ensure_experiment(name)
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
+                                        serialization_format="cloudpickle", pip_requirements=["scikit-learn"])
+    version = int(info.registered_model_version)
+    settings = get_settings()
+    Registry(name, Store(settings.store_url), tracking.client(settings)).set_tags(
+        version, {"data_start": data["ts"].min().isoformat(), "data_end": data["ts"].max().isoformat()}
+    )
+    return version
+
+
+def _promote(registry: Registry, version: int) -> None:
+    registry.promote(version, run_id=f"promote-v{version}", actor="test", reasons=["test"])
+
+
+@pytest.fixture
+def world(home, config) -> World:
+    """v1 (champion), v2 and v3 registered; each learned a different window, so their scores differ."""
+    sim = CreditDefaultSimulator(seed=0, rows_per_period=150)
+    models = {}
+    for periods in ([0, 1], [2, 3], [4, 5]):
+        data = _labelled(sim, periods)
+        model = fit_full(config, data)
+        models[_log_version(config.name, model, data)] = model
+    settings = get_settings()
+    registry = Registry(config.name, Store(settings.store_url), tracking.client(settings))
+    _promote(registry, 1)
+    rows = CreditDefaultSimulator(seed=7, rows_per_period=400).batch(0).features
+    return World(config, registry, models, rows)
+
+
+# ---- the server process ---------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, tmp: Path, *, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        from driftline.stack import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"serve-{self.port}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "driftline.cli", "serve", "credit_default", "--port", str(self.port),
+             "--poll-seconds", str(POLL), *(args or [])],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+
+    def wait_ready(self, timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited {self.proc.returncode}:\n{self.log()}"
+            try:
+                answer = self.client.get("/health")
+                if answer.status_code == 200:
+                    return answer.json()
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"server not healthy after {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, as a process manager stops it; returns 0 if the shutdown ran to its end (uvicorn
+        re-raises the signal after a graceful shutdown, so the exit status itself is -SIGTERM)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout)
+        self.client.close()
+        self._log.close()
+        graceful = "driftline.serve: stopped:" in self.log() and "Application shutdown complete" in self.log()
+        return 0 if self.proc.returncode in (0, -signal.SIGTERM) and graceful else (self.proc.returncode or 1)
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-6000:]
+
+
+@pytest.fixture
+def servers(tmp_path):
+    started: list[Server] = []
+
+    def start(**kwargs) -> Server:
+        server = Server(tmp_path, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+# ---- a bounded client loop ------------------------------------------------------------------------
+
+
+@dataclass
+class Traffic:
+    """Threads that each send requests of ``rows_per_request`` rows one after another until stopped
+    (or ``max_seconds`` / ``max_requests`` pass: the loop is bounded whatever the test does)."""
+
+    url: str
+    rows: pd.DataFrame
+    threads: int = 4
+    rows_per_request: int = 3
+    max_seconds: float = 60
+    max_requests: int = 3000
+    prefix: str = "t"
+    answers: list[dict] = field(default_factory=list)  # {"thread", "sent", "done", "status", "body", "keys"}
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> Traffic:
+        for t in range(self.threads):
+            worker = threading.Thread(target=self._run, args=(t,), daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def _run(self, t: int) -> None:
+        features = self.rows.drop(columns=["row_id", "ts"]).to_dict("records")
+        deadline = time.monotonic() + self.max_seconds
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            n = 0
+            while not self._stop.is_set() and time.monotonic() < deadline and n < self.max_requests // self.threads:
+                picked = [(f"{self.prefix}{t}-{n}-{j}", features[(t * 997 + n * 7 + j) % len(features)])
+                          for j in range(self.rows_per_request)]
+                body = {"rows": [{"key": key, **values} for key, values in picked]}
+                sent = time.monotonic()
+                try:
+                    response = client.post("/predict", json=body)
+                    status, answer = response.status_code, response.json()
+                except httpx.HTTPError as exc:
+                    status, answer = None, repr(exc)
+                with self._lock:
+                    self.answers.append({"thread": t, "sent": sent, "done": time.monotonic(), "status": status,
+                                         "body": answer, "rows": picked})
+                n += 1
+
+    def stop(self) -> list[dict]:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(60)
+        return self.answers
+
+
+def _answered_rows(answers: list[dict]) -> dict[str, dict]:
+    """key -> {"version", "prediction", "score", "features"} for every row a 200 answered."""
+    rows = {}
+    for a in answers:
+        for (key, values), p in zip(a["rows"], a["body"]["predictions"], strict=True):
+            assert p["key"] == key
+            rows[key] = {"version": a["body"]["version"], "prediction": p["prediction"], "score": p["score"],
+                         "features": values}
+    return rows
+
+
+def _stored(store: Store, config) -> pd.DataFrame:
+    return store.load(config.name, config.feature_names).set_index("row_id")
+
+
+def _wait_stored(store: Store, config, count: int, timeout: float = 30) -> pd.DataFrame:
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = _stored(store, config)
+        if len(stored) >= count or time.monotonic() > deadline:
+            return stored
+        time.sleep(0.3)
+
+
+def _check_stored(world: World, stored: pd.DataFrame, answered: dict[str, dict]) -> None:
+    """Every answered row stored once, under the version that answered it, with its answer, ts set; and
+    that version's own model gives that score (the version label is the truth, not just consistent)."""
+    assert sorted(stored.index) == sorted(answered), (
+        f"missing {sorted(set(answered) - set(stored.index))[:5]}, extra {sorted(set(stored.index) - set(answered))[:5]}"
+    )
+    stored = stored.loc[list(answered)]
+    versions = [answered[k]["version"] for k in answered]
+    assert stored["model_version"].tolist() == versions
+    np.testing.assert_allclose(stored["score"].to_numpy(float), [answered[k]["score"] for k in answered], rtol=1e-9)
+    assert stored["prediction"].tolist() == [answered[k]["prediction"] for k in answered]
+    assert stored["ts"].notna().all()
+    for version in set(versions):
+        keys = [k for k in answered if answered[k]["version"] == version]
+        frame = pd.DataFrame([answered[k]["features"] for k in keys])
+        _, expected = predict(world.config, world.models[version], frame)
+        np.testing.assert_allclose([answered[k]["score"] for k in keys], expected, rtol=1e-9)
+
+
+# ---- tests ----------------------------------------------------------------------------------------
+
+
+def test_hot_swap_under_load_zero_failures_and_every_row_stored_under_its_version(world, servers):
+    server = servers()
+    assert server.wait_ready()["version"] == 1
+    described = server.client.get("/model").json()
+    assert described["version"] == 1 and described["alias"] == CHAMPION
+    assert described["trained_on"]["start"].startswith("2026-01-01")
+    assert described["trained_on"]["end"].startswith("2026-01-02")
+
+    traffic = Traffic(server.url, world.rows).start()
+    time.sleep(1.5)
+    promoted_at = time.monotonic()
+    _promote(world.registry, 2)  # the real move: tags, previous-champion, champion alias, stages, audit
+    deadline = promoted_at + 15
+    while time.monotonic() < deadline and not any(
+        a["status"] == 200 and a["body"]["version"] == 2 for a in list(traffic.answers)
+    ):
+        time.sleep(0.1)
+    time.sleep(1.0)  # more traffic on the new version
+    answers = traffic.stop()
+
+    failures = [a for a in answers if a["status"] != 200]
+    assert not failures, f"{len(failures)} of {len(answers)} requests failed, e.g. {failures[:2]}\n{server.log()}"
+    first_v2 = min(a["done"] for a in answers if a["body"]["version"] == 2)
+    swap_seconds = first_v2 - promoted_at
+    assert swap_seconds < 3 * POLL + 5, f"took {swap_seconds:.1f} s to serve v2"
+    # Per client thread, requests are sequential: once one is answered by v2, no later one is by v1.
+    for t in range(traffic.threads):
+        seen = [a["body"]["version"] for a in answers if a["thread"] == t]
+        assert seen == sorted(seen) and set(seen) == {1, 2}, seen
+    latencies = sorted(a["done"] - a["sent"] for a in answers)
+    print(f"\n{len(answers)} requests, swap seen after {swap_seconds:.2f} s, "
+          f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+
+    answered = _answered_rows(answers)
+    stored = _wait_stored(world.registry.store, world.config, len(answered))
+    _check_stored(world, stored, answered)
+    assert server.client.get("/model").json()["version"] == 2
+    assert server.stop() == 0
+
+
+def test_only_a_promoted_version_is_served(world, servers):
+    server = servers()
+    assert server.wait_ready()["version"] == 1
+    # v2 is only a challenger (verdict pending); someone points the champion alias at it by hand.
+    world.registry.mark_challenger(2, {}, run_id="train-v2", actor="test")
+    world.registry.client.set_registered_model_alias(world.config.name, CHAMPION, "2")
+    time.sleep(3 * POLL + 1)
+    described = server.client.get("/model").json()
+    assert described["version"] == 1
+    [refused] = described["follower"]["refused"]
+    assert refused["version"] == 2 and "'pending'" in refused["reason"], refused
+    answer = server.client.post("/predict", json={"rows": [_row(world, "after-refusal")]})
+    assert answer.status_code == 200 and answer.json()["version"] == 1
+    assert "not served" in server.log() and "v2" in server.log()
+
+    # Blessed afterwards (as a rollback tags the version it restores just after moving the alias).
+    world.registry.set_tags(2, {"verdict": "promoted"})
+    deadline = time.monotonic() + 3 * POLL + 10
+    while server.client.get("/model").json()["version"] != 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.client.get("/model").json()["version"] == 2
+    assert server.client.get("/model").json()["follower"]["refused"] == []
+
+
+def _row(world: World, key: str, **override) -> dict:
+    values = world.rows.drop(columns=["row_id", "ts"]).iloc[0].to_dict()
+    return {"key": key, **{k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}, **override}
+
+
+def test_bad_bodies_get_422_naming_the_field_and_store_nothing(world, servers):
+    server = servers()
+    server.wait_ready()
+    good = _row(world, "fine")
+    no_income = {k: v for k, v in _row(world, "no-income").items() if k != "income"}
+    cases = [
+        # (body, expected loc, words in msg)
+        ({"rows": [no_income]}, ["body", "rows", 0, "income"], "field required"),
+        ({"rows": [good, _row(world, "bad-type", age="forty")]}, ["body", "rows", 1, "age"], "expected a number"),
+        ({"rows": [_row(world, "bool", age=True)]}, ["body", "rows", 0, "age"], "expected a number"),
+        ({"rows": [_row(world, "cat", home_ownership=3.5)]}, ["body", "rows", 0, "home_ownership"], "expected a string"),
+        ({"rows": [_row(world, "no-key") | {"key": ""}]}, ["body", "rows", 0, "key"], "non-empty string"),
+        ({"rows": [{k: v for k, v in good.items() if k != "key"}]}, ["body", "rows", 0, "key"], "field required"),
+        ({"rows": [good, good]}, ["body", "rows", 1, "key"], "duplicate"),
+        ({"rows": [_row(world, "extra", incme=1.0)]}, ["body", "rows", 0, "incme"], "unknown field"),
+        ({"rows": []}, ["body", "rows"], "empty"),
+        ({"records": [good]}, ["body", "records"], "unknown field"),
+        ([good], ["body"], "expected a JSON object"),
+    ]
+    for body, loc, words in cases:
+        answer = server.client.post("/predict", json=body)
+        assert answer.status_code == 422, (body, answer.text)
+        locs = {tuple(e["loc"]): e["msg"] for e in answer.json()["detail"]}
+        assert tuple(loc) in locs, (loc, answer.json())
+        assert words in locs[tuple(loc)], (words, locs)
+    # Non-finite numbers only reach us as JSON's NaN / Infinity extensions (or an overflowing literal).
+    raw = json.dumps({"rows": [good]})
+    for token in ("NaN", "Infinity", "-Infinity", "1e999"):
+        body = raw.replace(f'"income": {json.dumps(good["income"])}', f'"income": {token}')
+        assert token in body
+        answer = server.client.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 422, (token, answer.text)
+        [error] = answer.json()["detail"]
+        assert error["loc"] == ["body", "rows", 0, "income"] and "finite" in error["msg"], error
+    answer = server.client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["type"] == "json_invalid"
+
+    # One good request after all of that; once it is stored, the writer has passed every bad one.
+    answer = server.client.post("/predict", json={"rows": [good]})
+    assert answer.status_code == 200, answer.text
+    stored = _wait_stored(world.registry.store, world.config, 1)
+    assert server.stop() == 0
+    assert list(_stored(world.registry.store, world.config).index) == ["fine"]
+    assert stored.loc["fine", "model_version"] == 1
+
+
+def test_sigterm_flushes_what_is_queued(world, servers):
+    # A 60 s flush interval: only the shutdown flush can write these before the process exits.
+    server = servers(args=["--flush-seconds", "60"])
+    server.wait_ready()
+    answers = []
+    for i in range(20):
+        rows = [_row(world, f"sigterm-{i}-{j}") for j in range(5)]
+        answer = server.client.post("/predict", json={"rows": rows})
+        assert answer.status_code == 200
+        answers.append(answer.json())
+    assert server.client.get("/health").json()["writer"]["queued"] == 100
+    assert _stored(world.registry.store, world.config).empty
+    assert server.stop() == 0
+    stored = _stored(world.registry.store, world.config)
+    assert len(stored) == 100 and (stored["model_version"] == 1).all()
+
+
+# ---- the store goes away during traffic (PostgreSQL) ----------------------------------------------
+
+
+def _pg_admin():
+    import sqlalchemy as sa
+    from conftest import PG_URL
+
+    return sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+
+
+def _store_down(admin, database: str) -> None:
+    """No new connections to the database, and the open ones cut: what the service sees when the
+    database server is unreachable. Nothing stored is lost, unlike dropping the database."""
+    import sqlalchemy as sa
+
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database})
+
+
+def _store_up(admin, database: str) -> None:
+    import sqlalchemy as sa
+
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+
+
+def _health_until(server: Server, check, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = server.client.get("/health").json()
+        if check(health["writer"]) or time.monotonic() > deadline:
+            return health
+        time.sleep(0.2)
+
+
+@pytest.mark.postgres
+def test_store_outage_loses_nothing_even_across_a_restart(world, servers, pg_url, home):
+    database = pg_url.rsplit("/", 1)[1]
+    admin = _pg_admin()
+    env = {"DRIFTLINE_STORE_URL": pg_url}
+    try:
+        server = servers(env=env)
+        server.wait_ready()
+        traffic = Traffic(server.url, world.rows, threads=2, prefix="a").start()
+        time.sleep(1.0)
+        _store_down(admin, database)
+        down = _health_until(server, lambda w: not w["store_ok"] and w["spooled"] > 0, timeout=15)
+        assert not down["writer"]["store_ok"] and down["writer"]["spooled"] > 0, down
+        time.sleep(1.5)  # answers keep coming while the store is away
+        _store_up(admin, database)
+        up = _health_until(server, lambda w: w["store_ok"] and w["spooled"] == 0, timeout=30)
+        assert up["writer"]["store_ok"] and up["writer"]["spooled"] == 0, (up, server.log())
+        answers = traffic.stop()
+        assert all(a["status"] == 200 for a in answers), [a for a in answers if a["status"] != 200][:2]
+        spooled_at_peak = down["writer"]["spooled"]
+
+        # Down again, and the service is stopped before the store comes back: the spool stays on disk
+        # and the next process writes it.
+        _store_down(admin, database)
+        late = []
+        for i in range(10):
+            rows = [_row(world, f"late-{i}-{j}") for j in range(4)]
+            answer = server.client.post("/predict", json={"rows": rows})
+            assert answer.status_code == 200
+            late.append({"status": 200, "body": answer.json(),
+                         "rows": [(r["key"], {k: v for k, v in r.items() if k != "key"}) for r in rows]})
+        _health_until(server, lambda w: w["queued"] == 0 and w["spooled"] >= 40, timeout=15)
+        assert server.stop() == 0
+        spools = [p for p in (home / "serving" / "spool").glob("credit_default.*.jsonl") if p.stat().st_size]
+        assert len(spools) == 1 and sum(len(json.loads(line)) for line in spools[0].open()) >= 40
+        _store_up(admin, database)
+
+        server = servers(env=env)
+        server.wait_ready()
+        answered = _answered_rows(answers + late)
+        stored = _wait_stored(Store(pg_url), world.config, len(answered))
+        _check_stored(world, stored, answered)
+        assert _health_until(server, lambda w: w["spooled"] == 0, timeout=10)["writer"]["spooled"] == 0
+        assert not [p for p in (home / "serving" / "spool").glob("credit_default.*.jsonl") if p.stat().st_size]
+        print(f"\n{len(answers)} requests during the outage test, {spooled_at_peak}+ rows spooled, all stored")
+        assert server.stop() == 0
+    finally:
+        _store_up(admin, database)
+        admin.dispose()
