@@ -160,6 +160,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from driftline import serve
+
+    return serve.run(args.model, host=args.host, port=args.port, workers=args.workers,
+                     poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     if args.celery:
         from driftline import production
@@ -222,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     trigger.add_argument("--no-wait", action="store_true")
     trigger.add_argument("--timeout", type=float, default=1800)
     trigger.set_defaults(func=_cmd_trigger)
+    serve = sub.add_parser("serve", help="HTTP scoring service on MODEL@champion; follows the alias (hot swap)")
+    serve.add_argument("model")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes; each follows the alias")
+    serve.add_argument("--poll-seconds", type=float, default=2.0, help="how often to read the champion alias")
+    serve.add_argument("--flush-seconds", type=float, default=0.2,
+                       help="how long predictions queue before one store write")
+    serve.set_defaults(func=_cmd_serve)
     from ml.replay_cli import DESCRIPTION as REPLAY_DESCRIPTION
     from ml.replay_cli import add_arguments as replay_arguments
 
