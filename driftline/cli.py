@@ -6,7 +6,9 @@
   driftline init            migrate the Airflow DB, create the store tables
   driftline env             print the environment (eval "$(driftline env)")
   driftline run DAG_ID [--conf JSON]     one real DAG run in this process (dag.test)
-  driftline ingest MODEL --rows CSV [--labels CSV]   validate and store a batch
+  driftline ingest MODEL --rows CSV [--labels CSV]   validate and store a batch (all or nothing)
+  driftline quarantine MODEL (--ids ID[,ID...] | --from TS --until TS) --reason TEXT [--release]
+                            take stored rows out of every window, audited
   driftline labels-arrived MODEL --rows N [--key K]  announce new labels (starts continuous training)
   driftline status MODEL    champion, challenger, previous champion, last decisions
   driftline replay DATA --config YAML --target COL (--period 7d | --batch-rows N)   replay a CSV through
@@ -21,6 +23,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def _quiet_airflow() -> None:
@@ -77,19 +81,124 @@ def _load(model: str):
     return config, Context.open(config, settings)
 
 
+def _open_store(model: str):
+    """The model's config and its store, without the loop's imports (MLflow and friends): ingest and
+    quarantine only need the database."""
+    from ml.config import load_config
+    from ml.settings import get_settings
+    from ml.store import Store
+
+    settings = get_settings()
+    config = load_config(settings.models_dir / f"{model}.yaml")
+    url = config.data.store_url or settings.store_url
+    with _store_errors(url):
+        return config, Store(url)
+
+
+class _DatabaseError(Exception):
+    """A store error, already put in one line (what, where) for the user; no SQL, no row values."""
+
+    def __init__(self, line: str, exit_code: int) -> None:
+        super().__init__(line)
+        self.exit_code = exit_code
+
+
+def _database_error(exc: Exception, url: str | None = None) -> _DatabaseError:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DataError, IntegrityError
+
+    orig = getattr(exc, "orig", None) or exc
+    # The driver's first line says what; later lines (DETAIL, SQL, parameters) hold the row values.
+    what = (str(orig).strip().splitlines() or [""])[0][:300]
+    where = f"store {make_url(url).render_as_string(hide_password=True)}" if url else "store"
+    # The database refused the data (a user error, like a validation error); anything else (unreachable,
+    # no permission) is the environment's.
+    code = 2 if isinstance(exc, (DataError, IntegrityError)) else 1
+    return _DatabaseError(f"{where}: {type(orig).__name__}: {what}", code)
+
+
+@contextmanager
+def _store_errors(url: str) -> Iterator[None]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise _database_error(exc, url) from None
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    """Two passes over the files, each holding one chunk at a time: first validate every chunk of both
+    files (nothing is written), then write them chunk by chunk in one transaction, so a refusal by the
+    store (a conflicting re-send, a label before its row) rolls back both files."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from ml.validation import validate_csv
+
+    files = [(kind, path) for kind, path in (("rows", args.rows), ("labels", args.labels)) if path]
+    if not files:
+        raise ValueError("ingest: give --rows CSV, --labels CSV or both")
+    if args.chunk_rows < 1:
+        raise ValueError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+    for _, path in files:
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no such file")
+    config, store = _open_store(args.model)
+    now = datetime.now(UTC)  # one "now" for both passes: a row valid in the first is valid in the second
+
+    def chunks(kind: str, path: str):
+        return validate_csv(path, config, kind=kind, chunk_rows=args.chunk_rows, now=now)
+
+    totals = {kind: sum(len(chunk) for chunk in chunks(kind, path)) for kind, path in files}
+    with _store_errors(store.url), store.batch(config.name, config.feature_names) as writer:
+        for kind, path in files:
+            for chunk in chunks(kind, path):
+                (writer.add_observations if kind == "rows" else writer.add_labels)(chunk)
+    for kind, path in files:
+        counts = writer.rows if kind == "rows" else writer.labels
+        print(f"{path}: {totals[kind]} {kind}: stored {counts.new} new, {counts.already_stored} already stored")
+    return 0
+
+
+def _cli_time(value: str | None, flag: str):
     import pandas as pd
 
-    from ml.validation import validate_incoming, validate_incoming_labels
+    from ml.validation import parse_times
 
-    config, ctx = _load(args.model)
-    # Validate everything first: a bad file stores nothing.
-    rows = validate_incoming(pd.read_csv(args.rows), config, what=args.rows) if args.rows else None
-    labels = validate_incoming_labels(pd.read_csv(args.labels), config) if args.labels else None
-    if rows is not None:
-        print(f"stored {ctx.store.add_observations(config.name, rows, config.feature_names)} new rows")
-    if labels is not None:
-        print(f"stored {ctx.store.add_labels(config.name, labels)} new labels")
+    if value is None:
+        return None
+    parsed = parse_times(pd.Series([value], dtype=object)).iloc[0]
+    if pd.isna(parsed):
+        raise ValueError(f"{flag}: not an ISO 8601 time: {value!r} (e.g. 2026-01-31T00:00:00Z)")
+    return parsed.to_pydatetime()
+
+
+def _cmd_quarantine(args: argparse.Namespace) -> int:
+    import getpass
+
+    ids = None if args.ids is None else [i.strip() for i in args.ids.split(",") if i.strip()]
+    ts_from, ts_until = _cli_time(args.ts_from, "--from"), _cli_time(args.ts_until, "--until")
+    if (ids is None) == (ts_from is None and ts_until is None):
+        raise ValueError("quarantine: give --ids, or --from and/or --until, not both")
+    if ids == []:
+        raise ValueError("--ids: no row id given")
+    try:
+        actor = args.actor or getpass.getuser()
+    except (KeyError, OSError):  # no login name (e.g. a container's numeric user)
+        actor = "unknown"
+    config, store = _open_store(args.model)
+    selection = {"ids": ids, "ts_from": ts_from, "ts_until": ts_until, "reason": args.reason, "actor": actor}
+    with _store_errors(store.url):
+        if args.release:
+            print(f"{config.name}: released {store.release(config.name, **selection)} row(s) from quarantine")
+        else:
+            result = store.quarantine(config.name, **selection)
+            shown = ", ".join(result.ids[:10]) + (", ..." if result.rows > 10 else "")
+            print(f"{config.name}: quarantined {result.rows} row(s)" + (f": {shown}" if result.rows else "")
+                  + (f" ({result.already} already quarantined)" if result.already else ""))
+        newest = store.latest_ts(config.name)
+    print(f"{config.name}: newest row in the windows now {newest.isoformat() if newest else 'none'}")
     return 0
 
 
@@ -191,11 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--conf", help="JSON params, e.g. '{\"retrain\": true, \"reason\": \"why\"}'")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
-    ingest = sub.add_parser("ingest", help="validate and store a batch of rows and/or labels")
+    ingest = sub.add_parser("ingest", help="validate and store a batch of rows and/or labels (all or nothing)")
     ingest.add_argument("model")
     ingest.add_argument("--rows", help="CSV with row_id, ts and the feature columns")
     ingest.add_argument("--labels", help="CSV with row_id, label, labelled_at")
+    ingest.add_argument("--chunk-rows", type=int, default=50_000,
+                        help="rows read, validated and written at a time; bounds memory [50000]")
     ingest.set_defaults(func=_cmd_ingest)
+    quarantine = sub.add_parser("quarantine", help="take stored rows out of every window (audited; --release undoes)")
+    quarantine.add_argument("model")
+    quarantine.add_argument("--ids", help="comma-separated row ids")
+    quarantine.add_argument("--from", dest="ts_from", metavar="TS", help="rows with ts at or after TS (ISO 8601)")
+    quarantine.add_argument("--until", dest="ts_until", metavar="TS", help="rows with ts at or before TS (ISO 8601)")
+    quarantine.add_argument("--reason", required=True, help="why (kept with the rows and in the audit log)")
+    quarantine.add_argument("--actor", help="who (default: your login name)")
+    quarantine.add_argument("--release", action="store_true", help="put the selected rows back into the windows")
+    quarantine.set_defaults(func=_cmd_quarantine)
     arrived = sub.add_parser("labels-arrived", help="announce new labelled rows (starts continuous training)")
     arrived.add_argument("model")
     arrived.add_argument("--rows", type=int, required=True)
@@ -249,8 +369,17 @@ def main(argv: list[str] | None = None) -> int:
     from driftline import env
 
     env.apply()
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return args.func(args)
+    except _DatabaseError as exc:
+        print(f"driftline: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except SQLAlchemyError as exc:  # one line, never the SQL and row values SQLAlchemy's text carries
+        error = _database_error(exc)
+        print(f"driftline: error: {error}", file=sys.stderr)
+        return error.exit_code
     except (ValueError, RuntimeError, KeyError, TimeoutError) as exc:
         print(f"driftline: error: {exc}", file=sys.stderr)
         return 2
