@@ -192,11 +192,45 @@ def _check_times(values: pd.Series, column: str, config: ModelConfig, what: str,
     return parsed
 
 
+def _check_allowed_values(clean: pd.DataFrame, config: ModelConfig, what: str) -> None:
+    """A feature's ``min`` / ``max`` (inclusive) and ``categories`` from the model YAML, when set; nulls
+    pass (whether a feature may be null is not a per-feature setting). Checked at ingest only: tightening
+    a bound later must not make stored history unusable."""
+    for feature in config.features:
+        # getattr: the bounds are optional settings a config may not carry.
+        low, high = getattr(feature, "min", None), getattr(feature, "max", None)
+        categories = getattr(feature, "categories", None)
+        column = clean[feature.name]
+        if feature.kind == "numerical" and (low is not None or high is not None):
+            values = column.to_numpy(dtype=float)
+            with np.errstate(invalid="ignore"):
+                bad = np.zeros(len(values), dtype=bool)
+                if low is not None:
+                    bad |= values < low
+                if high is not None:
+                    bad |= values > high
+            if bad.any():
+                span = f"[{'-inf' if low is None else f'{low:g}'}, {'+inf' if high is None else f'{high:g}'}]"
+                raise DataValidationError(
+                    f"{config.name}: {what}: column '{feature.name}' holds {int(bad.sum())} value(s) outside "
+                    f"its bounds {span}, e.g. {values[bad][0]:g}{_where(clean, bad)}"
+                )
+        if feature.kind == "categorical" and categories is not None:
+            bad = (column.notna() & ~column.isin(list(categories))).to_numpy(dtype=bool)
+            if bad.any():
+                shown = ", ".join(repr(c) for c in list(categories)[:6]) + (", ..." if len(categories) > 6 else "")
+                raise DataValidationError(
+                    f"{config.name}: {what}: column '{feature.name}' holds {int(bad.sum())} value(s) not in its "
+                    f"categories [{shown}], e.g. {column[bad].iloc[0]!r}{_where(clean, bad)}"
+                )
+
+
 def validate_incoming(
     frame: pd.DataFrame, config: ModelConfig, *, what: str = "incoming batch", now: datetime | None = None
 ) -> pd.DataFrame:
     """A batch about to be stored: needs ``row_id`` and ``ts`` (unique text ids, ISO times not later
-    than ``now`` plus the future tolerance) besides the features, all finite."""
+    than ``now`` plus the future tolerance) besides the features, all finite and within the features'
+    ``min`` / ``max`` / ``categories`` where the model YAML sets them."""
     for column in ("row_id", "ts"):
         if column not in frame.columns:
             raise DataValidationError(f"{config.name}: {what}: required column '{column}' missing")
@@ -204,6 +238,7 @@ def validate_incoming(
     ts = _check_times(frame["ts"], "ts", config, what, now)
     clean = validate_window(frame, config, window=what)
     clean["row_id"] = ids
+    _check_allowed_values(clean, config, what)
     clean["ts"] = ts
     return clean
 

@@ -459,3 +459,45 @@ def test_csv_labels_and_empty_file(tmp_path, label_batch, config):
     assert {type(v) for v in clean["label"]} == {int}
     empty = _csv(tmp_path, labels.iloc[:0], "empty.csv")
     assert "empty (no rows)" in _error(list, validate_csv(empty, config, kind="labels", chunk_rows=100))
+
+
+# ---- per-feature bounds and categories (optional fields of the model YAML) ---------------------------
+
+
+def _bounded(config, **fields):
+    from ml.config import FeatureSpec
+
+    if "min" not in FeatureSpec.model_fields:
+        pytest.skip("ml/config.py has no per-feature min / max / categories")
+    features = [f.model_copy(update=fields[f.name]) if f.name in fields else f for f in config.features]
+    return config.model_copy(update={"features": features})
+
+
+def test_value_outside_bounds_is_refused(features, config):
+    cfg = _bounded(config, age={"min": 18.0, "max": 100.0})
+    raw = features.copy()
+    raw.loc[[2, 5], "age"] = [17, 101]
+    message = _error(validate_incoming, raw, cfg)
+    assert "column 'age' holds 2 value(s) outside its bounds [18, 100], e.g. 17" in message
+    assert repr(raw.loc[2, "row_id"]) in message
+    raw.loc[[2, 5], "age"] = [18, 100]  # bounds are inclusive
+    assert len(validate_incoming(raw, cfg)) == len(raw)
+    raw.loc[2, "age"] = np.nan  # a null is no value outside the bounds
+    assert len(validate_incoming(raw, cfg)) == len(raw)
+    one_sided = _bounded(config, income={"min": 0.0})
+    raw.loc[3, "income"] = -1
+    assert "outside its bounds [0, +inf], e.g. -1" in _error(validate_incoming, raw, one_sided)
+
+
+def test_category_outside_the_list_is_refused(features, config):
+    allowed = tuple(sorted(features["employment_type"].astype(str).unique()))
+    cfg = _bounded(config, employment_type={"categories": allowed})
+    assert len(validate_incoming(features, cfg)) == len(features)
+    raw = features.copy()
+    raw.loc[4, "employment_type"] = "astronaut"
+    raw.loc[6, "employment_type"] = None  # null passes
+    message = _error(validate_incoming, raw, cfg)
+    assert "column 'employment_type' holds 1 value(s) not in its categories" in message
+    assert "e.g. 'astronaut'" in message and allowed[0] in message
+    # windows of stored data are not held to bounds set later
+    assert len(validate_window(raw, cfg, window="current")) == len(raw)
