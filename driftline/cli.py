@@ -110,7 +110,10 @@ def _database_error(exc: Exception, url: str | None = None) -> _DatabaseError:
     orig = getattr(exc, "orig", None) or exc
     # The driver's first line says what; later lines (DETAIL, SQL, parameters) hold the row values.
     what = (str(orig).strip().splitlines() or [""])[0][:300]
-    where = f"store {make_url(url).render_as_string(hide_password=True)}" if url else "store"
+    try:
+        where = f"store {make_url(url).render_as_string(hide_password=True)}" if url else "store"
+    except Exception:  # noqa: BLE001 (an unparsable URL is the error being reported; never echo a password)
+        where = "store (DRIFTLINE_STORE_URL or data.store_url)"
     # The database refused the data (a user error, like a validation error); anything else (unreachable,
     # no permission) is the environment's.
     code = 2 if isinstance(exc, (DataError, IntegrityError)) else 1

@@ -294,3 +294,16 @@ def test_quarantine_bad_input(store, tmp_path, capsys, argv, expected):
     assert expected in _refused(*_run(capsys, "quarantine", MODEL, *argv))
     assert store.latest_ts(MODEL).year == 2099 and store.audit_log(MODEL) == []
 
+
+
+def test_unparsable_store_url_is_one_line(tmp_path, capsys, monkeypatch, home):
+    saved = dict(os.environ)
+    try:
+        monkeypatch.setenv("DRIFTLINE_STORE_URL", "not a url")
+        code, _, err = _run(capsys, "ingest", MODEL, "--rows", _rows_csv(tmp_path, SIM.batch(0).features))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith("driftline: error: store (DRIFTLINE_STORE_URL or data.store_url): ArgumentError: ")
