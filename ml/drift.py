@@ -19,6 +19,8 @@ this module (e.g. while Airflow parses a DAG) stays cheap.
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,6 +117,17 @@ class DriftResult:
             line += f"; prediction '{self.prediction.name}' drifted"
         return line
 
+    def verdict(self, drift_share_threshold: float | None = None) -> str:
+        """One line for a person, e.g. "Drift: 3 of 8 features drifted (share 0.38 >= threshold
+        0.30)". With a threshold it says which side the share is on (the trigger's own ``>=``)."""
+        n_drifted, n_all = len(self.drifted_features), len(self.features)
+        counted = f"{n_drifted} of {n_all} feature{'s' if n_all != 1 else ''} drifted"
+        if drift_share_threshold is None:
+            return f"Drift: {counted} (share {self.drift_share:.2f})" if n_drifted else f"No drift: {counted}"
+        if self.drift_share >= drift_share_threshold:
+            return f"Drift: {counted} (share {self.drift_share:.2f} >= threshold {drift_share_threshold:.2f})"
+        return f"No drift: {counted} (share {self.drift_share:.2f} < threshold {drift_share_threshold:.2f})"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "features": [f.to_dict() for f in self.features],
@@ -180,13 +193,25 @@ def compute_drift(
     prediction_column: str | None = None,
     prediction_kind: str = "numerical",
     report_path: str | Path | None = None,
+    title: str | None = None,
+    drift_share_threshold: float | None = None,
 ) -> DriftResult:
     """Drift of each feature (and optionally the prediction) of ``current`` against ``reference``.
 
     ``num_method`` / ``cat_method`` are Evidently method ids for all numerical / categorical columns
     (None: Evidently picks by column type and reference size); a feature's own ``drift_method`` /
     ``drift_threshold`` override them. Raises :class:`DriftInputError` for unusable input.
+
+    With ``report_path``, the HTML report opens with ``title`` (e.g. the model and the as-of time;
+    default "Data drift" and, if ``current`` has a ``ts`` column, its newest time) and the overall
+    verdict (:meth:`DriftResult.verdict`, against ``drift_share_threshold`` when given).
     """
+    if title is not None and (not isinstance(title, str) or not title.strip()):
+        raise DriftInputError(f"title must be a non-empty string, got {title!r}")
+    if drift_share_threshold is not None and not (
+        isinstance(drift_share_threshold, int | float) and 0 < drift_share_threshold <= 1
+    ):
+        raise DriftInputError(f"drift_share_threshold must be in (0, 1], got {drift_share_threshold!r}")
     if not features:
         raise DriftInputError("no features given")
     names = [f.name for f in features]
@@ -223,27 +248,91 @@ def compute_drift(
             _check_method(name, kind, method)
         requests[name] = (method, threshold)
 
-    written: str | None = None
+    snapshot = None
     if report_path is None:
         results = {
             name: _test_column(reference[name], current[name], name, kind, *requests[name])
             for name, kind in columns.items()
         }
     else:
-        path = Path(report_path)
-        results = _run_report(reference, current, columns, requests, path)
-        written = str(path)
+        results, snapshot = _run_report(reference, current, columns, requests)
 
     feature_results = tuple(results[n] for n in names)
     n_drifted = sum(f.drifted for f in feature_results)
-    return DriftResult(
+    result = DriftResult(
         features=feature_results,
         drift_share=n_drifted / len(feature_results),
         n_reference=len(reference),
         n_current=len(current),
         prediction=results[prediction_column] if predict else None,
-        report_path=written,
     )
+    if snapshot is None:
+        return result
+    path = Path(report_path)
+    title = title or _default_title(current)
+    header = _report_header(title, result, drift_share_threshold, reference, current)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_with_header(snapshot.get_html_str(as_iframe=False), title, header), encoding="utf-8")
+    return dataclasses.replace(result, report_path=str(path))
+
+
+def _time_range(frame: pd.DataFrame) -> str:
+    if "ts" not in frame.columns or not frame["ts"].notna().any():
+        return ""
+    return f", {_fmt_time(frame['ts'].min())} to {_fmt_time(frame['ts'].max())}"
+
+
+def _fmt_time(value: Any) -> str:
+    return pd.Timestamp(value).strftime("%Y-%m-%d %H:%M %Z").strip()
+
+
+def _default_title(current: pd.DataFrame) -> str:
+    if "ts" in current.columns and current["ts"].notna().any():
+        return f"Data drift as of {_fmt_time(current['ts'].max())}"
+    return "Data drift"
+
+
+def _report_header(
+    title: str,
+    result: DriftResult,
+    drift_share_threshold: float | None,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+) -> str:
+    """What a person should read first: title, the overall verdict, which features drifted, the windows."""
+    esc = html.escape
+    drifted = result.drift_share >= drift_share_threshold if drift_share_threshold is not None else bool(
+        result.drifted_features
+    )
+    color = "#b3261e" if drifted else "#1e6b32"
+    verdict_style = f"margin:4px 0;font-size:18px;font-weight:bold;color:{color}"
+    lines = [
+        f'<h1 style="margin:0 0 8px;font-size:24px">{esc(title)}</h1>',
+        f'<p id="driftline-verdict" style="{verdict_style}">{esc(result.verdict(drift_share_threshold))}</p>',
+    ]
+    if result.drifted_features:
+        lines.append(f'<p style="margin:4px 0">Drifted, most first: {esc(", ".join(result.drifted_features))}</p>')
+    if result.prediction is not None:
+        p = result.prediction
+        state = "drifted" if p.drifted else "did not drift"
+        lines.append(f'<p style="margin:4px 0">Prediction {esc(repr(p.name))} {state} '
+                     f"({esc(p.method)} {p.score:.3g}, threshold {p.threshold:.3g})</p>")
+    lines.append(
+        f'<p style="margin:4px 0;color:#555">Current: {result.n_current} rows{esc(_time_range(current))}. '
+        f"Reference: {result.n_reference} rows{esc(_time_range(reference))}.</p>"
+    )
+    return ('<header id="driftline-header" style="font-family:Helvetica,Arial,sans-serif;padding:16px 24px;'
+            'border-bottom:1px solid #ddd">' + "".join(lines) + "</header>")
+
+
+def _with_header(page: str, title: str, header: str) -> str:
+    """Evidently's page has no <title> and its dashboard's own title is empty (``group_widget(title="")``
+    in Snapshot.get_html_str); put ours in plain HTML above the dashboard, readable even without JS."""
+    for tag in ("<head>", "<body>"):
+        if page.count(tag) != 1:
+            raise RuntimeError(f"Evidently's HTML has {page.count(tag)} {tag} tags; cannot add the report header")
+    page = page.replace("<head>", f"<head>\n<title>{html.escape(title)}</title>", 1)
+    return page.replace("<body>", f"<body>\n{header}", 1)
 
 
 def _test_column(
@@ -325,9 +414,8 @@ def _run_report(
     current: pd.DataFrame,
     columns: dict[str, str],
     requests: dict[str, tuple[str | None, float | None]],
-    path: Path,
-) -> dict[str, FeatureDrift]:
-    """One Report of per-column ValueDrift metrics, saved as HTML at ``path``; verdicts read back from it."""
+) -> tuple[dict[str, FeatureDrift], Any]:
+    """One Report of per-column ValueDrift metrics; the verdicts read back from it, and its snapshot."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
@@ -355,10 +443,7 @@ def _run_report(
         Dataset.from_pandas(current.loc[:, selected], data_definition=definition),
         Dataset.from_pandas(reference.loc[:, selected], data_definition=definition),
     )
-    results = _read_snapshot(snapshot.dict(), columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(path))  # save_html silently ignores a Path object: pass str
-    return results
+    return _read_snapshot(snapshot.dict(), columns), snapshot
 
 
 def _stattest_registry() -> dict[str, dict[Any, Any]]:

@@ -6,6 +6,7 @@ several seconds, each report well under one.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 
@@ -507,3 +508,84 @@ def test_drop_missing_matches_evidentlys_cleaning(series):
 
     expected = series.replace([-np.inf, np.inf], np.nan).dropna()
     pd.testing.assert_series_equal(_drop_missing(series), expected)
+
+
+# --- report title and verdict ----------------------------------------------------------------
+
+
+def _result(drifted: list[bool]) -> DriftResult:
+    features = tuple(
+        FeatureDrift(name=f"f{i}", kind="numerical", method="ks", threshold=0.05, score=0.001 if d else 0.5, drifted=d)
+        for i, d in enumerate(drifted)
+    )
+    return DriftResult(features=features, drift_share=sum(drifted) / len(drifted), n_reference=10, n_current=10)
+
+
+def test_verdict_line():
+    three_of_eight = _result([True] * 3 + [False] * 5)
+    assert three_of_eight.verdict(0.3) == "Drift: 3 of 8 features drifted (share 0.38 >= threshold 0.30)"
+    assert three_of_eight.verdict(0.5) == "No drift: 3 of 8 features drifted (share 0.38 < threshold 0.50)"
+    assert three_of_eight.verdict(0.375).startswith("Drift: ")  # equal to the threshold counts, as in the trigger
+    assert three_of_eight.verdict() == "Drift: 3 of 8 features drifted (share 0.38)"
+    assert _result([False] * 4).verdict() == "No drift: 0 of 4 features drifted"
+    assert _result([True]).verdict(0.3) == "Drift: 1 of 1 feature drifted (share 1.00 >= threshold 0.30)"
+
+
+def _header(page: str) -> str:
+    start = page.index('<header id="driftline-header"')
+    return page[start:page.index("</header>", start)]
+
+
+def test_report_has_title_and_verdict_at_the_top(frames, tmp_path):
+    reference, current = frames["reference"].head(400), frames["shifted"].head(400)
+    path = tmp_path / "drift.html"
+    title = "credit_default: drift as of 2026-01-06 23:59 UTC"
+    result = compute_drift(reference, current, FEATURES, report_path=path, title=title,
+                           drift_share_threshold=0.3, prediction_column="score")
+    page = path.read_text(encoding="utf-8")
+
+    assert f"<title>{title}</title>" in page
+    header = _header(page)
+    # Above Evidently's dashboard, which still follows.
+    assert page.index(header) < page.index('<div id="root_')
+    assert f">{title}</h1>" in header
+    n_drifted = len(result.drifted_features)
+    assert n_drifted >= 2  # x0, x1 and c0 were shifted
+    expected = f"Drift: {n_drifted} of {len(FEATURES)} features drifted (share {result.drift_share:.2f} >= threshold 0.30)"
+    assert f">{html.escape(expected)}</p>" in header
+    assert ", ".join(result.drifted_features) in header
+    assert "Prediction &#x27;score&#x27; " in header
+    assert "Current: 400 rows" in header and "Reference: 400 rows" in header
+
+
+def test_report_verdict_without_drift_and_default_title(frames, tmp_path):
+    reference, current = frames["reference"].head(300).copy(), frames["same"].head(300).copy()
+    reference["ts"] = pd.date_range("2026-01-01", periods=300, freq="min", tz="UTC")
+    current["ts"] = pd.date_range("2026-01-06 20:00", periods=300, freq="min", tz="UTC")
+    path = tmp_path / "drift.html"
+    result = compute_drift(reference, current, FEATURES[:3], report_path=path, drift_share_threshold=0.9)
+    header = _header(path.read_text(encoding="utf-8"))
+    assert "<title>Data drift as of 2026-01-07 00:59 UTC</title>" in path.read_text(encoding="utf-8")
+    assert result.verdict(0.9).startswith("No drift: ")
+    assert f">{html.escape(result.verdict(0.9))}</p>" in header
+    assert "2026-01-06 20:00 UTC to 2026-01-07 00:59 UTC" in header
+
+
+def test_report_title_is_escaped(frames, tmp_path):
+    path = tmp_path / "drift.html"
+    compute_drift(frames["reference"].head(100), frames["same"].head(100), FEATURES[:1], report_path=path,
+                  title="<script>alert(1)</script>")
+    page = path.read_text(encoding="utf-8")
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in _header(page)
+
+
+@pytest.mark.parametrize("kwargs, problem", [
+    ({"title": "  "}, "title must be a non-empty string"),
+    ({"drift_share_threshold": 0}, "drift_share_threshold must be in (0, 1]"),
+    ({"drift_share_threshold": 1.5}, "drift_share_threshold must be in (0, 1]"),
+])
+def test_bad_title_or_threshold(small, kwargs, problem):
+    with pytest.raises(DriftInputError) as info:
+        compute_drift(*small, FEATURES[:1], **kwargs)
+    assert problem in str(info.value)
