@@ -303,35 +303,38 @@ class AliasFollower:
 class WriterStats:
     written: int = 0  # rows inserted into the store
     duplicates: int = 0  # rows whose key was already stored (first write wins)
+    conflicts: int = 0  # of those, keys re-sent with other features
     spooled: int = 0  # rows waiting in the spool for the store
     store_ok: bool = True
     last_error: str | None = None
     outages: int = 0
 
 
-def write_served(store: Store, model: str, rows: list[dict[str, Any]]) -> tuple[int, int]:
-    """Insert served rows (``row_id, ts, features, prediction, score, model_version, scored_at``) in
-    one transaction: a row is never stored without the prediction and version it was answered with.
+def write_served(store: Store, model: str, rows: list[dict[str, Any]]) -> tuple[int, int, list[str]]:
+    """Insert served rows (``row_id, ts, features, prediction, score, model_version``) in one
+    transaction: a row is never stored without the prediction and version it was answered with.
+
     A key already stored keeps its first row and prediction, so re-writing a batch (a retry after a
-    failed commit, a spool written twice after a crash) changes nothing. Returns (inserted, skipped)."""
+    failed commit, a spool written twice after a crash) changes nothing. The store refuses a re-sent
+    row with other values; here the answer is already out, so the first one stays and the key is
+    reported as a conflict instead. Returns (inserted, already stored, conflicting keys)."""
     unique: dict[str, dict[str, Any]] = {}
     for row in rows:
         unique.setdefault(str(row["row_id"]), row)  # the same key twice in a batch: the first wins
     ids = list(unique)
     with store.engine.begin() as conn:
-        existing: set[str] = set()
+        existing: dict[str, Any] = {}
         for start in range(0, len(ids), 500):  # SQLite's variable limit
             chunk = ids[start : start + 500]
-            existing.update(conn.execute(
-                select(observations.c.row_id).where(and_(observations.c.model == model,
-                                                         observations.c.row_id.in_(chunk)))
-            ).scalars())
+            query = select(observations.c.row_id, observations.c.features).where(
+                and_(observations.c.model == model, observations.c.row_id.in_(chunk)))
+            existing.update({row_id: features for row_id, features in conn.execute(query)})
         values = [
             {
                 "model": model,
                 "row_id": row_id,
                 "ts": to_utc_naive(row["ts"]),
-                "features": {k: _json_safe(v) for k, v in row["features"].items()},
+                "features": _features(row),
                 "prediction": _json_safe(row["prediction"]),
                 "score": _json_safe(row.get("score")),
                 "model_version": int(row["model_version"]),
@@ -342,7 +345,17 @@ def write_served(store: Store, model: str, rows: list[dict[str, Any]]) -> tuple[
         ]
         if values:
             conn.execute(observations.insert(), values)
-    return len(values), len(rows) - len(values)
+    conflicts = set()
+    for row in rows:
+        row_id = str(row["row_id"])
+        first = existing[row_id] if row_id in existing else _features(unique[row_id])
+        if first != _features(row):
+            conflicts.add(row_id)
+    return len(values), len(rows) - len(values), sorted(conflicts)
+
+
+def _features(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _json_safe(v) for k, v in row["features"].items()}
 
 
 class Spool:
@@ -508,9 +521,13 @@ class PredictionWriter:
     def _write(self, rows: list[dict[str, Any]]) -> None:
         if self._store is None:
             self._store = self._store_factory(self.store_url)  # connects (and creates tables) lazily
-        inserted, skipped = write_served(self._store, self.model, rows)
+        inserted, skipped, conflicts = write_served(self._store, self.model, rows)
         self.stats.written += inserted
         self.stats.duplicates += skipped
+        if conflicts:
+            self.stats.conflicts += len(conflicts)
+            log.warning("%s key(s) sent again with other features; the first row and answer stay stored, e.g. %s",
+                        len(conflicts), conflicts[:3])
         if not self.stats.store_ok:
             log.warning("store answers again")
         self.stats.store_ok = True
@@ -550,7 +567,8 @@ class PredictionWriter:
 
     def describe(self) -> dict[str, Any]:
         s = self.stats
-        return {"queued": self.queued, "written": s.written, "duplicates": s.duplicates, "spooled": s.spooled,
+        return {"queued": self.queued, "written": s.written, "duplicates": s.duplicates,
+                "conflicts": s.conflicts, "spooled": s.spooled,
                 "store_ok": s.store_ok, "last_error": s.last_error, "outages": s.outages}
 
 

@@ -360,9 +360,18 @@ def test_bad_bodies_get_422_naming_the_field_and_store_nothing(world, servers):
     answer = server.client.post("/predict", json={"rows": [good]})
     assert answer.status_code == 200, answer.text
     stored = _wait_stored(world.registry.store, world.config, 1)
+    # The same key again (a client's retry), then with other features: answered, but the first row and
+    # its prediction stay stored (the row is a fact), and the second is reported as a conflict.
+    assert server.client.post("/predict", json={"rows": [good]}).status_code == 200
+    assert server.client.post("/predict", json={"rows": [good | {"income": 1.0}]}).status_code == 200
+    writer = _health_until(server, lambda w: w["duplicates"] == 2, timeout=10)["writer"]
+    assert (writer["written"], writer["duplicates"], writer["conflicts"]) == (1, 2, 1), writer
     assert server.stop() == 0
-    assert list(_stored(world.registry.store, world.config).index) == ["fine"]
+    assert "sent again with other features" in server.log()
+    after = _stored(world.registry.store, world.config)
+    assert list(after.index) == ["fine"]
     assert stored.loc["fine", "model_version"] == 1
+    assert after.loc["fine", "income"] == good["income"] and after.loc["fine", "ts"] == stored.loc["fine", "ts"]
 
 
 def test_sigterm_flushes_what_is_queued(world, servers):
