@@ -1,6 +1,6 @@
 """Driftline's Airflow plugin.
 
-- A navigation entry that opens the MLflow model registry.
+- A navigation entry, *Browse > MLflow models*, that opens the MLflow model registry in a new tab.
 - On every task instance, buttons to what the task produced: its MLflow run, the registered model
   version, the Evidently drift report. Tasks publish those URLs as XComs (``driftline_link_<kind>``);
   Airflow's own ``XComOperatorLink`` reads them on the api-server, so a task that produced nothing of
@@ -23,11 +23,13 @@ class DriftlinePlugin(AirflowPlugin):
     name = "driftline"
     external_views = [  # noqa: RUF012 (AirflowPlugin declares these as class attributes)
         {
+            # Airflow 3.3's UI renders a top-level external nav entry (nav_top_level, or a lone entry
+            # of an unknown category) as a <button href=...>, which neither a click nor Enter follows.
+            # An entry of a built-in menu's category is rendered as a real <a href target=_blank>.
             "name": "MLflow models",
             "href": f"{get_settings().mlflow_ui_url}/#/models",
             "destination": "nav",
-            "nav_top_level": True,
-            "category": "Driftline",
+            "category": "browse",
         }
     ]
     global_operator_extra_links = [  # noqa: RUF012

@@ -2,10 +2,11 @@
 Airflow (standalone: api-server, scheduler, dag-processor, triggerer) and the MLflow server started
 on loopback exactly as ``make up`` starts them.
 
-A person logs in, triggers continuous training by hand through the form (force, with a reason),
-sees the run succeed and the branch taken in the graph, follows the plugin's link to the MLflow
-version page (champion alias, the champion-vs-challenger table) and to the drift report, then rolls
-back through the rollback form and sees the alias return to the previous version in MLflow.
+A person logs in, opens MLflow from the plugin's navigation entry (by mouse and by keyboard), triggers
+continuous training by hand through the form (force, with a reason), sees the run succeed and the
+branch taken in the graph, follows the plugin's link to the MLflow version page (champion alias, the
+champion-vs-challenger table) and to the drift report, then rolls back through the rollback form and
+sees the alias return to the previous version in MLflow.
 Screenshots of every step go to ``test-artifacts/browser/``; with DRIFTLINE_UPDATE_SCREENSHOTS=1
 they also replace the ones under ``docs/screenshots/`` that the README shows.
 """
@@ -166,6 +167,37 @@ def extra_link(page, base: str, dag_id: str, run_id: str, task_id: str, name: st
     return link.get_attribute("href")
 
 
+def open_mlflow_from_nav(page, mlflow_url: str, *, keyboard: bool) -> None:
+    """Open Browse, choose MLflow models, and check that MLflow's registry page opens (a new tab)."""
+    browse = page.get_by_role("button", name="Browse")
+    entry = page.get_by_role("menuitem", name="MLflow models")
+    if keyboard:
+        browse.focus()
+        page.keyboard.press("Enter")
+        entry.wait_for()
+        for _ in range(page.get_by_role("menuitem").count()):  # arrow down to the entry, as a person would
+            if entry.get_attribute("data-highlighted") is not None:
+                break
+            page.keyboard.press("ArrowDown")
+        assert entry.get_attribute("data-highlighted") is not None, "keyboard never reached MLflow models"
+    else:
+        browse.click()
+        shot(page, "01b-nav-mlflow-models")
+    with page.expect_popup(timeout=15_000) as opened:
+        if keyboard:
+            page.keyboard.press("Enter")
+        else:
+            entry.click()
+    mlflow = opened.value
+    try:
+        mlflow.wait_for_url(f"{mlflow_url}/**")
+        assert mlflow.url.startswith(f"{mlflow_url}/") and mlflow.url.endswith("#/models"), mlflow.url
+        mlflow.get_by_text(MODEL).first.wait_for()  # the registry lists the seeded model
+    finally:
+        mlflow.close()
+    page.keyboard.press("Escape")  # close the menu if it is still open
+
+
 def test_trigger_form_graph_links_and_rollback_in_the_browser(live, page):
     api, ctx, stack = live["api"], live["ctx"], live["stack"]
     base = stack.airflow_url
@@ -177,6 +209,10 @@ def test_trigger_form_graph_links_and_rollback_in_the_browser(live, page):
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{base}/", timeout=60_000)
     shot(page, "01-airflow-home")
+
+    # The plugin's navigation entry, Browse > MLflow models, opens the registry: by mouse, then keyboard.
+    open_mlflow_from_nav(page, stack.mlflow_url, keyboard=False)
+    open_mlflow_from_nav(page, stack.mlflow_url, keyboard=True)
 
     # Trigger continuous training by hand through the form: force, with a reason.
     known = {run["dag_run_id"] for run in api.runs(CT)}
