@@ -10,7 +10,7 @@
   driftline quarantine MODEL (--ids ID[,ID...] | --from TS --until TS) --reason TEXT [--release]
                             take stored rows out of every window, audited
   driftline labels-arrived MODEL --rows N [--key K]  announce new labels (starts continuous training)
-  driftline status MODEL    champion, challenger, previous champion, last decisions
+  driftline status MODEL    champion, challenger, previous champion, recent runs and rollbacks
   driftline replay DATA --config YAML --target COL (--period 7d | --batch-rows N)   replay a CSV through
                             Driftline's decisions beside static / every-batch / every-k baselines
   driftline publish-labels MODEL --rows N [--via redis|rest]  new-labels event to a live Airflow
@@ -220,17 +220,51 @@ def _cmd_labels_arrived(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from ml import registry as reg
 
+    if args.last < 1:
+        raise ValueError(f"--last must be at least 1, got {args.last}")
     config, ctx = _load(args.model)
     if not ctx.registry.exists():
         print(f"{config.name}: no registered versions yet")
         return 0
     for alias in (reg.CHAMPION, reg.CHALLENGER, reg.PREVIOUS):
-        print(f"{alias:>18}: v{ctx.registry.version_for(alias)}")
-    for entry in ctx.store.audit_log(config.name, ["run"])[-args.last:]:
-        d = entry["details"]
-        print(f"  {d.get('as_of', '')[:16]}  drift {d.get('drift_share') or 0:.2f}  trigger {d.get('trigger'):<9} "
-              f"action {d.get('action'):<9} champion v{d.get('champion_version')}")
+        print(f"{alias:>18}: {_version(ctx.registry.version_for(alias))}")
+    runs = ctx.store.audit_log(config.name, ["run"])[-args.last:]
+    print(f"recent runs ({len(runs)}):" if runs else "recent runs: none")
+    for entry in runs:
+        print("  " + _run_line(entry["details"] or {}))
+    rollbacks = ctx.store.audit_log(config.name, [ROLLBACK_ACTION])[-args.last:]
+    print(f"rollbacks ({len(rollbacks)}):" if rollbacks else "rollbacks: none")
+    for entry in rollbacks:
+        print("  " + _rollback_line(entry))
     return 0
+
+
+# The audit action ml.registry.Registry.rollback writes: one entry per rollback, on the restored version.
+ROLLBACK_ACTION = "rolled_back"
+
+
+def _version(version: int | None) -> str:
+    return "none" if version is None else f"v{version}"
+
+
+def _run_line(d: dict) -> str:
+    drift = d.get("drift_share")
+    return (f"{(d.get('as_of') or '')[:16]:<16}  drift {'-' if drift is None else f'{drift:.2f}':>4}  "
+            f"trigger {d.get('trigger') or '-':<9} action {d.get('action') or '-':<9} "
+            f"champion {_version(d.get('champion_version'))}")
+
+
+def _rollback_line(entry: dict) -> str:
+    """Who, when, from which version to which, and why."""
+    d = entry["details"] or {}
+    at = entry["at"]
+    when = at.strftime("%Y-%m-%d %H:%M UTC") if at is not None else "-"
+    who = entry["actor"] or ("the rollback guard" if d.get("automatic") else "unknown")
+    how = "automatic" if d.get("automatic") else "by hand"
+    line = f"{when}  {_version(d.get('from_version'))} -> {_version(entry['version'])}  by {who} ({how})"
+    if entry.get("run_id"):
+        line += f", run {entry['run_id']}"
+    return line + f": {d.get('reason') or 'no reason given'}"
 
 
 def _cmd_publish_labels(args: argparse.Namespace) -> int:
@@ -324,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     arrived.add_argument("--rows", type=int, required=True)
     arrived.add_argument("--key", help="idempotency key (default: the run id)")
     arrived.set_defaults(func=_cmd_labels_arrived)
-    status = sub.add_parser("status", help="aliases and recent decisions of a model")
+    status = sub.add_parser("status", help="aliases, recent runs and rollbacks of a model")
     status.add_argument("model")
-    status.add_argument("--last", type=int, default=10)
+    status.add_argument("--last", type=int, default=10, help="how many runs and rollbacks to show")
     status.set_defaults(func=_cmd_status)
     up = sub.add_parser("up", help="Airflow UI + MLflow UI on the embedded state (Ctrl-C stops both)")
     up.add_argument("--airflow-port", type=int, default=8080)
