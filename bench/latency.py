@@ -117,12 +117,12 @@ def dag_import_seconds(repeats: int = 3) -> dict[str, float]:
 
 def wait_parsed(api: Any, timeout: float) -> None:
     """Until the DAG processor has parsed the DAG file (the new-labels asset gets an id then)."""
-    from driftline import events
+    from driftline import channels
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            api.asset_id(events.messages.asset_name(MODEL))
+            api.asset_id(channels.messages.asset_name(MODEL))
             return
         except KeyError:
             if time.monotonic() > deadline:
@@ -131,7 +131,7 @@ def wait_parsed(api: Any, timeout: float) -> None:
 
 
 def measure(stack, ctx, timeout: float) -> dict[str, Any]:
-    from driftline import events
+    from driftline import channels
     from driftline.api import AirflowApi
 
     api = AirflowApi(stack.airflow_url)
@@ -146,7 +146,7 @@ def measure(stack, ctx, timeout: float) -> dict[str, Any]:
     known = {r["dag_run_id"] for r in api.runs(CT)}
     before = ctx.registry.champion()
     event_at = time.time()
-    events.publish_rest(MODEL, 800, key=f"bench-{int(event_at)}", source="bench.latency", api=api)
+    channels.publish_rest(MODEL, 800, key=f"bench-{int(event_at)}", source="bench.latency", api=api)
     champion_at = None
     while time.time() - event_at < timeout:
         if ctx.registry.champion() != before:

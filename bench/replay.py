@@ -255,7 +255,7 @@ def _intro(command: str, seconds: float) -> list[str]:
     return [
         "## P3: adaptation quality on real drift (replay)",
         "",
-        ("`driftline replay` (also `python -m ml.replay`) replays a time-ordered CSV or ARFF file batch by batch "
+        ("`driftline replay` (also `python -m driftline.replay_cli`) replays a time-ordered CSV or ARFF file batch by batch "
          "through Driftline's own decision code, as the continuous-training DAG calls it: the rollback guard, "
          "window validation, Evidently drift, the trigger decision (`ml/triggers.py`), training on the window "
          "`ml/loop.py` computes, and the paired-bootstrap promotion gate (`ml/evaluation.py`). It runs in "

@@ -16,29 +16,32 @@ import os
 from datetime import timedelta
 from functools import cache
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import (
     Asset,
     AssetOrTimeSchedule,
     CronTriggerTimetable,
+    Label,
     Param,
     TriggerRule,
     dag,
     get_current_context,
     task,
 )
+from airflow.sdk.exceptions import AirflowFailException
 
-from driftline import events
+from driftline import channels
 from driftline.lazy import lazy_import
-from ml import events as messages
-from ml import links
-from ml.config import ModelConfig, load_all
+from ml import links, messages
+from ml.config import ModelConfig, format_duration, load_all
 from ml.settings import get_settings
+from ml.triggers import BRANCH_FOR_KIND, BRANCHES
 
 # The DAG processor re-parses this file every 30 s and every task process parses it again: leave
 # ml.loop (pandas, scikit-learn, MLflow) to the first task that calls into it.
 loop = lazy_import("ml.loop")
 
-# Steps that are safe to retry (idempotent by run id); a worker lost mid-step is retried.
+# Declared once, for every task: steps are idempotent by run id, so a worker lost mid-step is retried.
 RETRIES = int(os.environ.get("DRIFTLINE_TASK_RETRIES", "2"))
 RETRY_DELAY = timedelta(seconds=int(os.environ.get("DRIFTLINE_RETRY_DELAY_SECONDS", "10")))
 JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
@@ -49,7 +52,7 @@ def new_labels_asset(model: str) -> Asset:
     # With Redis configured (DRIFTLINE_REDIS_URL), a message on the model's channel is an asset event
     # too: the triggerer's watcher starts the run, no polling, no REST call.
     return Asset(messages.asset_name(model), uri=f"driftline://{model}/new-labels", group="driftline",
-                 watchers=events.new_labels_watchers(model))
+                 watchers=channels.new_labels_watchers(model))
 
 
 def _run_info() -> loop.RunInfo:
@@ -62,6 +65,16 @@ def _run_info() -> loop.RunInfo:
     )
 
 
+def _step(cfg: ModelConfig, step, *args, **kwargs):
+    """Run one ``ml.loop`` step with this task's context (the store, MLflow), built once here.
+    An error that will fail again (bad params, a bad batch, no rollback target) fails the task
+    without retries; anything else is retried."""
+    try:
+        return step(loop.Context.open(cfg), *args, **kwargs)
+    except loop.USER_ERRORS as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
 def _published(result: dict) -> dict:
     """Publish the step's MLflow links where the Driftline plugin's task-instance buttons read them."""
     ti = get_current_context()["ti"]
@@ -70,7 +83,7 @@ def _published(result: dict) -> dict:
     return result
 
 
-def _xcom(task_id: str, key: str = "return_value"):
+def _pull(task_id: str, key: str = "return_value"):
     return get_current_context()["ti"].xcom_pull(task_ids=task_id, key=key)
 
 
@@ -94,17 +107,18 @@ data), or by hand (**Trigger** with the form below).
 
 1. **guard_champion** — is the champion worse than the previous one on the rows it served? Then
    **rollback_champion** gives the alias back (allowed drop {allowed_drop}); else **keep_champion**.
-2. **validate_windows** — current and reference windows: columns, types, nulls, labels. A bad batch stops the run here.
+2. **validate_windows** — pins the run's data time (`as_of`) and checks the current and reference
+   windows: columns, types, nulls, labels. A bad batch stops the run here.
 3. **check_drift** — Evidently drift of current vs the champion's training data, and the live
    `{metric}` on newly labelled rows. The HTML report is logged to MLflow.
 4. **decide** — the branch taken says why:
-   `retrain_on_threshold` (drift share ≥ {drift_share}, metric floor or relative drop),
-   `retrain_on_schedule` (champion's data older than {max_age}), `retrain_on_event` (new labels announced),
-   `retrain_on_demand` (a person asked), or `skip_retraining`.
+{branches}
 5. **train_candidate** — {strategy} training, registered as the `challenger`.
 6. **evaluate_candidate** — champion and challenger on the newest labelled holdout; paired bootstrap.
 7. **gate** — `promote` (alias `champion`, stage Production) or `reject` (champion stays).
 8. **record** — one audit entry: what drifted, what was decided, who is champion.
+
+Thresholds: drift share ≥ {drift_share}; max model age {max_age}.
 """
 
 
@@ -122,7 +136,10 @@ def build_continuous_training(cfg: ModelConfig):
         doc_md=CT_DOC.format(
             name=cfg.name, source=cfg.source, schedule=f"on `{cfg.triggers.schedule}`" if cfg.triggers.schedule else "",
             asset=asset.name, allowed_drop=cfg.rollback.allowed_drop, metric=cfg.promotion.metric,
-            drift_share=cfg.triggers.drift_share, max_age=cfg.triggers.max_model_age, strategy=cfg.training.strategy,
+            drift_share=cfg.triggers.drift_share,
+            max_age=format_duration(cfg.triggers.max_model_age) if cfg.triggers.max_model_age else "none",
+            strategy=cfg.training.strategy,
+            branches="\n".join(f"   - `{b.task_id}`: {b.when}" for b in BRANCHES),
         ),
         params={
             "retrain": Param(False, type="boolean", title="Retrain now",
@@ -149,108 +166,94 @@ def build_continuous_training(cfg: ModelConfig):
         @task.branch(doc_md="Rolls back if the champion is worse than the previous champion on the rows it served.")
         def guard_champion() -> str:
             run = _run_info()
-            loop.check_params(run.params)
-            result = loop.guard_champion(cfg, run)
+            try:
+                loop.check_params(run.params)
+            except loop.USER_ERRORS as exc:
+                raise AirflowFailException(str(exc)) from exc
+            result = _step(cfg, loop.guard_champion, run)
             get_current_context()["ti"].xcom_push(key="guard", value=result)
-            print(f"guard: {result['action']}: {result.get('reason', '')}")
             return "rollback_champion" if result["action"] == "rollback" else "keep_champion"
 
-        @task(retries=RETRIES, retry_delay=RETRY_DELAY)
-        def rollback_champion() -> dict:
-            guard = _xcom("guard_champion", "guard")
-            run = _run_info()
-            return _published(loop.rollback(cfg, loop.RunInfo(run.run_id, "driftline-guard", run.params),
-                                            int(guard["target"]), guard["reason"], automatic=True))
-
         @task
-        def keep_champion() -> None:
-            """Nothing to do: the champion stays."""
+        def rollback_champion(guard: dict) -> dict:
+            return _published(_step(cfg, loop.rollback_on_guard, _run_info(), guard))
 
-        @task(trigger_rule=JOIN, doc_md="Checks each window before use; a bad batch stops the run here.")
+        @task(trigger_rule=JOIN, doc_md="Pins the run's as_of and checks each window before use; a bad batch "
+                                        "stops the run here.")
         def validate_windows() -> dict:
-            run = _run_info()
             consumed = getattr(get_current_context()["dag_run"], "consumed_asset_events", None) or []
-            loop.record_asset_events(cfg, [{"extra": dict(e.extra or {}), "timestamp": e.timestamp} for e in consumed])
-            return loop.validate_windows(cfg, run)
+            _step(cfg, loop.record_asset_events,
+                  [{"extra": dict(e.extra or {}), "timestamp": e.timestamp} for e in consumed])
+            return _step(cfg, loop.validate_windows, _run_info())
 
         @task(doc_md="Evidently drift report and live metric; logged to MLflow as a drift-check run.")
-        def check_drift(_windows: dict) -> dict:
-            return _published(loop.check_drift(cfg, _run_info()))
+        def check_drift(windows: dict) -> dict:
+            return _published(_step(cfg, loop.check_drift, _run_info(), windows))
 
         @task.branch(doc_md="Chooses the branch: threshold, schedule, event, demand, or skip. Logs why.")
         def decide(check: dict) -> str:
-            decision = loop.decide(cfg, _run_info(), check)
+            decision = _step(cfg, loop.decide, _run_info(), check)
             get_current_context()["ti"].xcom_push(key="decision", value=decision)
-            print(f"decision: {decision['summary']}")
             return decision["branch"]
 
-        branches = {
-            name: task(task_id=name, doc_md=f"Branch marker: {why}.")(lambda: None)()
-            for name, why in [
-                ("retrain_on_threshold", "a drift or performance threshold was crossed"),
-                ("retrain_on_schedule", "the champion is older than max_model_age (or there is none)"),
-                ("retrain_on_event", "new labelled data was announced"),
-                ("retrain_on_demand", "a person asked"),
-                ("skip_retraining", "no rule fired, or it was held back by cooldown / minimum labels"),
-            ]
-        }
-
-        # Upstream are only the four retrain markers: a data dependency on check_drift would let the
-        # join rule run training after skip_retraining too.
-        @task(trigger_rule=JOIN, retries=RETRIES, retry_delay=RETRY_DELAY,
+        # Upstream are only the retrain markers, and its inputs are pulled: a data dependency on
+        # check_drift or decide (both succeeded) would let the join rule run training after
+        # skip_retraining too.
+        @task(trigger_rule=JOIN,
               doc_md=f"Trains a candidate ({cfg.training.strategy} by default), logs it to MLflow with its data "
                      "window, config and drift report, and registers it as the `challenger`. Links: MLflow run, "
                      "model version, drift report (Details tab).")
         def train_candidate() -> dict:
-            return _published(loop.train_candidate(cfg, _run_info(), _xcom("decide", "decision"), _xcom("check_drift")))
+            return _published(_step(cfg, loop.train_candidate, _run_info(), _pull("decide", "decision"),
+                                    _pull("check_drift")))
 
-        @task(retries=RETRIES, retry_delay=RETRY_DELAY,
-              doc_md="Scores champion and challenger on the newest labelled holdout neither trained on; writes the "
+        @task(doc_md="Scores champion and challenger on the newest labelled holdout neither trained on; writes the "
                      "comparison table into the version description and the plot into the run.")
         def evaluate_candidate(candidate: dict) -> dict:
-            return _published(loop.evaluate_candidate(cfg, _run_info(), candidate))
+            return _published(_step(cfg, loop.evaluate_candidate, _run_info(), candidate))
 
         @task.branch(doc_md="`promote` if the floor, minimum improvement and significance gates pass (or a person "
                             "forced it), else `reject`.")
-        def gate(evaluation: dict) -> str:
-            outcome = loop.choose_outcome(evaluation, _xcom("decide", "decision"))
-            print(f"gate: {evaluation['summary']} -> {outcome}")
-            return outcome
+        def gate(candidate: dict, evaluation: dict) -> str:
+            return loop.choose_outcome(evaluation, candidate["force"])
 
-        @task(retries=RETRIES, retry_delay=RETRY_DELAY,
-              doc_md="Moves `champion` to the candidate (old one becomes `previous-champion`, stage Archived).")
+        @task(doc_md="Moves `champion` to the candidate (old one becomes `previous-champion`, stage Archived).")
         def promote(candidate: dict, evaluation: dict) -> dict:
-            return _published(loop.promote(cfg, _run_info(), candidate, evaluation, _xcom("decide", "decision")))
+            return _published(_step(cfg, loop.promote, _run_info(), candidate, evaluation))
 
-        @task(retries=RETRIES, retry_delay=RETRY_DELAY,
-              doc_md="Keeps the champion; tags the candidate `rejected` with the gate's reasons, stage Archived.")
+        @task(doc_md="Keeps the champion; tags the candidate `rejected` with the gate's reasons, stage Archived.")
         def reject(candidate: dict, evaluation: dict) -> dict:
-            return _published(loop.reject(cfg, _run_info(), candidate, evaluation))
+            return _published(_step(cfg, loop.reject, _run_info(), candidate, evaluation))
 
         @task(trigger_rule=JOIN, doc_md="One audit-log entry for the run: drift, decision, registry move, champion.")
-        def record() -> dict:
-            outcome = _xcom("promote") or _xcom("reject")
-            return loop.record(
-                cfg, _run_info(), guard=_xcom("guard_champion", "guard"), check=_xcom("check_drift"),
-                decision=_xcom("decide", "decision"), candidate=_xcom("train_candidate"),
-                evaluation=_xcom("evaluate_candidate"), outcome=outcome,
-            )
+        def record(check: dict) -> dict:
+            # Pulled, not arguments: guard and decide are branches (a branch skips every direct
+            # downstream task it does not choose), and training, evaluation and the move are
+            # skipped on the skip branch (an argument from a skipped task cannot be resolved).
+            return _step(cfg, loop.record, _run_info(), guard=_pull("guard_champion", "guard"), check=check,
+                         decision=_pull("decide", "decision"), candidate=_pull("train_candidate"),
+                         evaluation=_pull("evaluate_candidate"), outcome=_pull("promote") or _pull("reject"))
 
         guard = guard_champion()
+        restore, keep = rollback_champion(guard["guard"]), EmptyOperator(task_id="keep_champion")
+        guard >> Label("worse than the previous champion") >> restore
+        guard >> Label("keep") >> keep
         windows = validate_windows()
-        guard >> [rollback_champion(), keep_champion()] >> windows
+        [restore, keep] >> windows
         check = check_drift(windows)
         decision = decide(check)
         candidate = train_candidate()
-        for name, marker in branches.items():
-            decision >> marker
-            if name != "skip_retraining":
-                marker >> candidate
+        markers = {b.task_id: EmptyOperator(task_id=b.task_id, doc_md=f"Branch marker: {b.when}.") for b in BRANCHES}
+        for branch in BRANCHES:
+            decision >> Label(branch.kind) >> markers[branch.task_id]
+        skip = markers[BRANCH_FOR_KIND["none"]]
+        [marker for task_id, marker in markers.items() if marker is not skip] >> candidate
         evaluation = evaluate_candidate(candidate)
-        outcome = gate(evaluation)
+        outcome = gate(candidate, evaluation)
         promoted, rejected = promote(candidate, evaluation), reject(candidate, evaluation)
-        outcome >> [promoted, rejected]
-        [promoted, rejected, branches["skip_retraining"]] >> record()
+        outcome >> Label("gate passed (or forced)") >> promoted
+        outcome >> Label("gate failed") >> rejected
+        [promoted, rejected, skip] >> record(check)
 
     return continuous_training()
 
@@ -278,13 +281,12 @@ mirror follows (Production / Archived). Config: `{cfg.source}`.
     def rollback():
         @task(doc_md="Resolves 'previous' or a version number to one existing version; refuses unknown ones.")
         def resolve_target() -> int:
-            params = get_current_context()["params"]
-            return loop.resolve_rollback_target(cfg, params["target"])
+            return _step(cfg, loop.resolve_rollback_target, get_current_context()["params"]["target"])
 
-        @task(retries=RETRIES, retry_delay=RETRY_DELAY)
+        @task
         def roll_back(version: int) -> dict:
             run = _run_info()
-            return _published(loop.rollback(cfg, run, version, run.params["reason"], automatic=False))
+            return _published(_step(cfg, loop.rollback, run, version, run.params["reason"], automatic=False))
 
         roll_back(resolve_target())
 
@@ -305,9 +307,9 @@ def build_score(cfg: ModelConfig):
         },
     )
     def score():
-        @task(retries=RETRIES, retry_delay=RETRY_DELAY)
+        @task
         def score_new_rows() -> dict:
-            return loop.score(cfg, _run_info())
+            return _step(cfg, loop.score, _run_info())
 
         score_new_rows()
 
@@ -333,7 +335,7 @@ def build_new_labels(cfg: ModelConfig):
         def announce() -> dict:
             context = get_current_context()
             run = _run_info()
-            message = loop.announce_new_labels(cfg, run, run.params["rows"], run.params["key"])
+            message = _step(cfg, loop.announce_new_labels, run, run.params["rows"], run.params["key"])
             context["outlet_events"][asset].extra = message
             return message
 

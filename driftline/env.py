@@ -27,7 +27,7 @@ def driftline_env() -> dict[str, str]:
         # Airflow and MLflow both nag about deprecations we handle on purpose.
         "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning"),
     }
-    from driftline.events import connection_env
+    from driftline.channels import connection_env
 
     # DRIFTLINE_REDIS_URL -> the Airflow connection the new-labels watchers use (triggerer, DAG parse).
     wanted |= connection_env()

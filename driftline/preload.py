@@ -8,8 +8,8 @@ DAG file and whatever the task touches. Without this, every task pays ``ml.loop`
 Wired in two places, both configuration:
 - LocalExecutor: ``[scheduler] mp_start_method = forkserver`` with ``mp_forkserver_preload =
   driftline.preload`` in airflow.cfg: the executor's workers come from a fork server that imported this.
-- Celery workers: ``driftline.celery_config`` imports this when a worker starts (Celery's
-  ``worker_init`` signal), before its pool forks.
+- Celery workers: ``python -m driftline.worker celery worker`` (:mod:`driftline.worker`) imports
+  this before Celery forks its pool.
 """
 
 from __future__ import annotations
@@ -26,4 +26,5 @@ import mlflow.tracking  # noqa: F401
 
 import ml.drift
 import ml.evaluation
-import ml.loop  # noqa: F401  (pandas, scikit-learn, the store, the registry)
+import ml.loop
+import ml.tracking  # noqa: F401  (the MLflow tracker the steps log through)

@@ -325,6 +325,9 @@ def _check_allowed(class_path: str) -> None:
 class TrainingSpec(_Strict):
     strategy: Literal["full", "incremental"] = "full"
     random_state: int = 0
+    # Fewer labelled rows than this in a training window and no candidate is trained (a model from a
+    # handful of rows is noise); a drift-triggered retrain is held back until the drift has this many.
+    min_rows: int = Field(default=50, ge=1)
 
 
 class WindowsSpec(_Strict):
@@ -364,6 +367,9 @@ class TriggerPolicy(_Strict):
     prediction_drift: bool = False
     metric_floor: float | None = None
     max_relative_drop: float | None = Field(default=None, gt=0, lt=1)
+    # Fewer newly labelled rows than this and the live metric is too noisy to act on: the floor and
+    # relative-drop rules do not run (the decision says so).
+    min_live_rows: int = Field(default=50, ge=1)
     # What max_relative_drop measures the live metric against: "evaluation", the champion's score on
     # the holdout when it was promoted; or "served", its metric over its first windows.current of
     # served rows once rollback.min_labelled_rows of them are labelled (the evaluation until then).
@@ -410,6 +416,8 @@ class PromotionGate(_Strict):
     significance: float = 0.05
     floor: float | None = None
     bootstrap_samples: int = Field(default=1000, ge=BOOTSTRAP_SAMPLES_MIN, le=BOOTSTRAP_SAMPLES_MAX)
+    # Fewer labelled rows than this in the holdout and the gate gives no verdict (the run fails).
+    min_holdout_rows: int = Field(default=30, ge=1)
 
     @field_validator("significance")
     @classmethod

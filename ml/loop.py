@@ -1,41 +1,58 @@
 """The continuous-training loop, one plain function per DAG task.
 
-DAG files only wire these together; each takes the model config, a :class:`RunInfo` (run id, who
-asked, the run's params) and the small dicts earlier steps returned, and returns a small JSON-ready
-dict (it travels as an Airflow XCom). Every step reloads what it needs from the store and the
-registry, so a retried task sees the world as it is, not as it was.
+Each step takes a :class:`Context` (the model config and the adapters: store, registry, tracker;
+see :mod:`ml.ports`), a :class:`RunInfo` (run id, who asked, the run's params) and the small dicts
+earlier steps returned, and returns a small JSON-ready dict (it travels as an Airflow XCom). The
+entry point builds the context once and hands it in: a DAG task with the SQL store and MLflow
+(:meth:`Context.open`), the replay with in-memory adapters (:mod:`ml.memory`). Both run these same
+steps; :func:`run_cycle` is the DAG's graph as one in-process call.
 
-Time is *data time*: ``as_of`` is the newest stored row (or the ``as_of`` param), and windows, model
-age and cooldown are measured against it. A replayed or simulated stream therefore behaves exactly
-like a live one.
+Every step reloads what it needs from the store and the registry, so a retried task sees the world
+as it is, not as it was. Time is *data time*: ``as_of`` is the newest stored row (or the ``as_of``
+param), resolved once per run by :func:`validate_windows` and passed on; windows, model age and
+cooldown are measured against it, so a replayed stream behaves exactly like a live one.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ml import links
 from ml import registry as reg
 from ml.config import ModelConfig, format_duration
+from ml.policy import (
+    as_utc,
+    choose_outcome,
+    drift_onset,
+    guard_verdict,
+    training_start,
+)
+from ml.ports import ModelRegistry, RowStore, Tracker
 from ml.settings import Settings, get_settings
-from ml.store import Store
-from ml.training import DataWindow, data_window, fit_full, fit_incremental, predict
-from ml.triggers import Decision, TriggerInputs, drift_onset, drop_reference
+from ml.training import DataWindow, TrainingError, data_window, fit_full, fit_incremental, predict
+from ml.triggers import BRANCH_FOR_KIND, Decision, TriggerInputs, drop_reference
 from ml.triggers import decide as decide_trigger
 from ml.validation import DataValidationError, validate_window
 
 log = logging.getLogger("driftline")
 
-# Fewer rows than this in a training or holdout window and the run stops: a model or a verdict from
-# a handful of rows is noise.
-MIN_TRAIN_ROWS = 50
-MIN_HOLDOUT_ROWS = 30
+
+class ParamError(ValueError):
+    """A run's params that cannot work (e.g. force without a reason)."""
+
+
+# Errors that fail again on a retry: the entry point reports them instead of retrying.
+USER_ERRORS: tuple[type[Exception], ...] = (ParamError, DataValidationError, reg.RegistryError, TrainingError)
+
+# Who a rollback made by the guard is recorded as.
+GUARD_ACTOR = "driftline-guard"
+_time = as_utc
 
 
 @dataclass(frozen=True)
@@ -49,44 +66,71 @@ class RunInfo:
         return default if value in (None, "") else value
 
 
-@dataclass
 class Context:
-    """The side-effect edges one step needs."""
+    """What one run's steps work with: the model config, settings and the adapters. The registry
+    and tracker may be given, or made on first use by ``connect`` (so a step that needs only the
+    store does not pay for MLflow)."""
 
-    config: ModelConfig
-    settings: Settings
-    store: Store
-    registry: reg.Registry
+    def __init__(self, config: ModelConfig, settings: Settings, store: RowStore, registry: ModelRegistry | None = None,
+                 tracker: Tracker | None = None, *,
+                 connect: Callable[[], tuple[ModelRegistry, Tracker]] | None = None) -> None:
+        if (registry is None or tracker is None) and connect is None:
+            raise ValueError("Context: give registry and tracker, or connect to make them")
+        self.config = config
+        self.settings = settings
+        self.store = store
+        self._registry = registry
+        self._tracker = tracker
+        self._connect = connect
+
+    def _connected(self) -> None:
+        registry, tracker = self._connect()  # type: ignore[misc]
+        self._registry = self._registry or registry
+        self._tracker = self._tracker or tracker
+
+    @property
+    def registry(self) -> ModelRegistry:
+        if self._registry is None:
+            self._connected()
+        return self._registry  # type: ignore[return-value]
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._connected()
+        return self._tracker  # type: ignore[return-value]
 
     @classmethod
     def open(cls, config: ModelConfig, settings: Settings | None = None) -> Context:
-        from ml import tracking
+        """The production adapters: the SQL store, MLflow's registry and tracking."""
+        from ml.store import Store
 
         settings = settings or get_settings()
         store = Store(config.data.store_url or settings.store_url)
-        return cls(config, settings, store, reg.Registry(config.name, store, tracking.client(settings)))
+
+        def connect() -> tuple[ModelRegistry, Tracker]:
+            from ml import tracking
+
+            client = tracking.client(settings)
+            return reg.Registry(config.name, store, client), tracking.MlflowTracker(config, settings, client)
+
+        return cls(config, settings, store, connect=connect)
 
 
 def check_params(params: dict[str, Any]) -> None:
     """Hand-trigger input the form cannot check on its own; the first task calls this."""
     if params.get("force") and not str(params.get("reason") or "").strip():
-        raise ValueError("param 'force': forcing a promotion needs a 'reason' (it is recorded on the version)")
+        raise ParamError("param 'force': forcing a promotion needs a 'reason' (it is recorded on the version)")
     for key in ("train_until", "as_of"):
         value = params.get(key)
         if value not in (None, ""):
             try:
                 _time(value)
             except (ValueError, TypeError):
-                raise ValueError(f"param '{key}': {value!r} is not an ISO date-time (e.g. 2026-01-31T00:00:00Z)") from None
+                raise ParamError(f"param '{key}': {value!r} is not an ISO date-time (e.g. 2026-01-31T00:00:00Z)") from None
 
 
 # ---- windows ------------------------------------------------------------------------------------
-
-
-def _time(value: Any) -> datetime:
-    return pd.Timestamp(value).tz_convert("UTC").to_pydatetime() if pd.Timestamp(value).tzinfo else (
-        pd.Timestamp(value).tz_localize("UTC").to_pydatetime()
-    )
 
 
 def resolve_as_of(ctx: Context, run: RunInfo) -> datetime:
@@ -169,10 +213,10 @@ def load_labelled(ctx: Context, *, after: datetime, until: datetime, known_at: d
 # ---- guard: is the champion worse than the one before? -----------------------------------------
 
 
-def guard_champion(config: ModelConfig, run: RunInfo) -> dict[str, Any]:
+def guard_champion(ctx: Context, run: RunInfo) -> dict[str, Any]:
     """Compare the champion with the previous champion on the rows the champion served since its
     promotion, once enough of them are labelled. Returns ``action`` "rollback" or "keep"."""
-    ctx = Context.open(config)
+    config = ctx.config
     champion = champion_info(ctx)
     if champion is None:
         return {"action": "keep", "reason": "no champion yet"}
@@ -220,43 +264,41 @@ def guard_champion(config: ModelConfig, run: RunInfo) -> dict[str, Any]:
     }
 
 
-def guard_verdict(config: ModelConfig, live: float, before: float) -> str:
-    """"rollback" when the champion's metric is worse than its predecessor's on the same rows by
-    more than ``rollback.allowed_drop``, else "keep". Pure: the replay (ml.replay) calls it too."""
-    worse_by = (before - live) if config.greater_is_better else (live - before)
-    return "rollback" if worse_by > config.rollback.allowed_drop else "keep"
-
-
 def _scores(rows: pd.DataFrame) -> Any:
     score = rows["score"]
     return None if score.isna().any() else score.to_numpy()
 
 
-def rollback(config: ModelConfig, run: RunInfo, target: str | int, reason: str, *, automatic: bool) -> dict[str, Any]:
-    ctx = Context.open(config)
+def rollback(ctx: Context, run: RunInfo, target: str | int, reason: str, *, automatic: bool) -> dict[str, Any]:
     version = ctx.registry.resolve_rollback_target(target) if not isinstance(target, int) else target
     if run.param("dry_run", False):
         return {"action": "dry_run", "champion": ctx.registry.champion(), "would_restore": version}
-    as_of = ctx.store.latest_ts(config.name)
+    as_of = ctx.store.latest_ts(ctx.config.name)
     result = ctx.registry.rollback(
         version, run_id=run.run_id, actor=run.actor, reason=reason, automatic=automatic
     )
     # The restored champion starts a new probation: the guard judges it on rows from now on.
     ctx.registry.set_tags(version, {"promoted_at": (as_of or datetime.now().astimezone()).isoformat()})
     log.info("rollback: v%s -> v%s (%s)", result.get("from_version"), version, reason)
-    return {**result, "links": _version_links(ctx, version)}
+    return {**result, "links": ctx.tracker.version_links(version)}
 
 
-def resolve_rollback_target(config: ModelConfig, target: str) -> int:
-    return Context.open(config).registry.resolve_rollback_target(target)
+def rollback_on_guard(ctx: Context, run: RunInfo, guard: dict[str, Any]) -> dict[str, Any]:
+    """The automatic rollback the guard asked for, recorded as made by the guard."""
+    return rollback(ctx, replace(run, actor=GUARD_ACTOR), int(guard["target"]), guard["reason"], automatic=True)
+
+
+def resolve_rollback_target(ctx: Context, target: str) -> int:
+    return ctx.registry.resolve_rollback_target(target)
 
 
 # ---- validate, check drift, decide --------------------------------------------------------------
 
 
-def validate_windows(config: ModelConfig, run: RunInfo) -> dict[str, Any]:
-    """Check the windows the drift step reads; labelled rows are checked by the steps that use them."""
-    ctx = Context.open(config)
+def validate_windows(ctx: Context, run: RunInfo) -> dict[str, Any]:
+    """Resolve the run's ``as_of`` (once: the later steps take it from here) and check the windows
+    the drift step reads; labelled rows are checked by the steps that use them."""
+    config = ctx.config
     as_of = resolve_as_of(ctx, run)
     champion = champion_info(ctx)
     current = load_current(ctx, as_of)
@@ -277,14 +319,15 @@ def _safe(run_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
 
 
-def check_drift(config: ModelConfig, run: RunInfo, *, keep_report: bool = True) -> dict[str, Any]:
+def check_drift(ctx: Context, run: RunInfo, windows: dict[str, Any], *, keep_report: bool = True) -> dict[str, Any]:
     """Evidently drift of current vs reference, and the champion's live metric on newly labelled
-    rows compared with its own evaluation. Logs a drift-check run to MLflow with the HTML report."""
+    rows compared with its own evaluation, as of the time :func:`validate_windows` pinned. Logs a
+    drift-check run (with the HTML report when kept) through the tracker."""
     from ml.drift import compute_drift
     from ml.evaluation import compute_metric
 
-    ctx = Context.open(config)
-    as_of = resolve_as_of(ctx, run)
+    config = ctx.config
+    as_of = _time(windows["as_of"])
     champion = champion_info(ctx)
     current = load_current(ctx, as_of)
     reference = load_reference(ctx, as_of, champion)
@@ -323,11 +366,7 @@ def check_drift(config: ModelConfig, run: RunInfo, *, keep_report: bool = True) 
         "served_baseline": baseline,
         "served_baseline_rows": baseline_rows,
     }
-    experiment, check_run = _log_check(ctx, run, as_of, drift, performance)
-    base = ctx.settings.mlflow_ui_url
-    check_links = {"mlflow_run": links.run_url(base, experiment, check_run)}
-    if report_path:
-        check_links["drift_report"] = links.artifact_url(base, experiment, check_run, "drift/drift.html")
+    check_links = ctx.tracker.log_check(run.run_id, as_of, drift, performance)
     log.info("drift check as of %s: %s; live %s=%s on %s rows", as_of.isoformat(), drift.summary(),
              performance["metric"], _fmt(live), performance["rows"])
     return {
@@ -335,36 +374,12 @@ def check_drift(config: ModelConfig, run: RunInfo, *, keep_report: bool = True) 
         "drift": drift.to_dict(),
         "performance": performance,
         "report_path": str(report_path) if report_path else None,
-        "mlflow_run_id": check_run,
         "links": check_links,
     }
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _log_check(
-    ctx: Context, run: RunInfo, as_of: datetime, drift: Any, performance: dict[str, Any]
-) -> tuple[str, str]:
-    """Returns (experiment id, run id) of the drift-check run."""
-    import mlflow
-
-    from ml import tracking
-
-    experiment = tracking.ensure_experiment(ctx.config.name, ctx.settings)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"drift check {as_of:%Y-%m-%d %H:%M}") as active:
-        mlflow.set_tags({"driftline.kind": "drift_check", "driftline.dag_run_id": run.run_id,
-                         "driftline.as_of": as_of.isoformat(), "driftline.summary": drift.summary()[:4900]})
-        metrics = {"drift_share": drift.drift_share, "drifted_features": len(drift.drifted_features)}
-        metrics.update({f"drift_score.{f.name}": f.score for f in drift.features})
-        if performance["live"] is not None:
-            metrics[f"live_{performance['metric']}"] = performance["live"]
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict(drift.to_dict(), "drift/drift.json")
-        if drift.report_path:
-            mlflow.log_artifact(drift.report_path, "drift")
-        return experiment, active.info.run_id
 
 
 def _served_baseline(ctx: Context, champion: ChampionInfo | None, as_of: datetime) -> tuple[float | None, int]:
@@ -386,6 +401,8 @@ def _served_baseline(ctx: Context, champion: ChampionInfo | None, as_of: datetim
 
 
 def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datetime) -> TriggerInputs:
+    """Everything the trigger policy weighs, from the check, the store and the registry. A new
+    trigger kind adds its fact here, its rule in :mod:`ml.triggers`, its setting in the config."""
     from ml.drift import DriftResult
 
     cfg = ctx.config
@@ -431,6 +448,7 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
         reason=run.param("reason"),
         drift_onset=onset,
         labels_after_onset=labels_after_onset,
+        min_train_rows=cfg.training.min_rows,
     )
 
 
@@ -460,36 +478,36 @@ def _last_rejection_time(ctx: Context, times: dict[int, datetime] | None = None)
     return max((t for version, t in times.items() if version in rejected), default=None)
 
 
-def record_asset_events(config: ModelConfig, events: list[dict[str, Any]]) -> int:
+def record_asset_events(ctx: Context, events: list[dict[str, Any]]) -> int:
     """Store the new-labels events a run consumed (idempotent per event key). Each item is
     ``{"extra": <asset event extra>, "timestamp": <when Airflow recorded it>}``; the extra may come
-    from the new-labels DAG, Airflow's REST API or the Redis watcher (see :mod:`ml.events`). A message
-    that cannot be read stops the run with the reason."""
-    from ml.events import from_asset_event
+    from the new-labels DAG, Airflow's REST API or the Redis watcher (see :mod:`ml.messages`). A
+    message that cannot be read stops the run with the reason."""
+    from ml.messages import from_asset_event
 
-    store = Context.open(config).store
+    config = ctx.config
     added = 0
     for event in events:
         message = from_asset_event(event.get("extra"), config.name, timestamp=event.get("timestamp"))
-        new = store.add_event(config.name, "new_labels", message["key"], message["rows"],
-                              _time(message["occurred_at"]), message)
+        new = ctx.store.add_event(config.name, "new_labels", message["key"], message["rows"],
+                                  _time(message["occurred_at"]), message)
         added += new
         log.info("new-labels event %s via %s: %s rows (%s)", message["key"], message["via"], message["rows"],
                  "recorded" if new else "already recorded")
     return added
 
 
-def announce_new_labels(config: ModelConfig, run: RunInfo, rows: Any, key: str | None) -> dict[str, Any]:
+def announce_new_labels(ctx: Context, run: RunInfo, rows: Any, key: str | None) -> dict[str, Any]:
     """The new-labels DAG's message: checked, recorded, and returned for the asset event's extra."""
-    from ml.events import new_labels_message
+    from ml.messages import new_labels_message
 
-    message = new_labels_message(config.name, rows, key=key or run.run_id, source=run.actor)
-    record_asset_events(config, [{"extra": message}])
+    message = new_labels_message(ctx.config.name, rows, key=key or run.run_id, source=run.actor)
+    record_asset_events(ctx, [{"extra": message}])
     return message
 
 
-def decide(config: ModelConfig, run: RunInfo, check: dict[str, Any]) -> dict[str, Any]:
-    ctx = Context.open(config)
+def decide(ctx: Context, run: RunInfo, check: dict[str, Any]) -> dict[str, Any]:
+    config = ctx.config
     as_of = _time(check["as_of"])
     facts = gather_facts(ctx, run, check, as_of)
     decision = decide_trigger(config.triggers, facts)
@@ -510,33 +528,17 @@ def decide(config: ModelConfig, run: RunInfo, check: dict[str, Any]) -> dict[str
 # ---- train, evaluate, promote or reject --------------------------------------------------------
 
 
-def training_start(config: ModelConfig, holdout_start: datetime, train_after: str | None) -> tuple[datetime, list[str]]:
-    """Start (exclusive) of a full retrain's window: ``windows.training`` before the holdout, or the
-    drift onset ``train_after`` when that is later (answering a drift episode: learn only from rows
-    after it began). Returns the start and a note when it was clipped. Pure: ml.replay calls it too."""
-    after = holdout_start - config.windows.training
-    if train_after:
-        onset = _time(train_after)
-        if onset > after:
-            return onset, [f"training window clipped to the drift onset {onset:%Y-%m-%d %H:%M}"]
-    return after, []
-
-
-def train_candidate(config: ModelConfig, run: RunInfo, decision: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
-    """Train, log to MLflow (params, metrics, data window, git commit, config, signature, input
-    example) and register as a new version with the ``challenger`` alias. A retried task reuses the
-    version its first attempt registered."""
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
+def train_candidate(ctx: Context, run: RunInfo, decision: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
+    """Train, log through the tracker (params, metrics, data window, git commit, config, signature,
+    input example, model) and register as a new version with the ``challenger`` alias. A retried
+    task reuses the version its first attempt registered."""
     from ml import tracking
 
-    ctx = Context.open(config)
+    config = ctx.config
     reused = _version_of_run(ctx, run.run_id)
     if reused is not None:
         log.info("train: reusing v%s registered by this run's earlier attempt", reused["version"])
-        return reused
+        return {**reused, "force": bool(decision.get("force"))}
     as_of = _time(check["as_of"])
     until = _time(run.param("train_until")) if run.param("train_until") else None
     holdout_start, _ = labelled_split(ctx, as_of, until)
@@ -549,74 +551,35 @@ def train_candidate(config: ModelConfig, run: RunInfo, decision: dict[str, Any],
     if strategy == "incremental":
         after = champion.data_end if champion.data_end else holdout_start - config.windows.training
         train = load_labelled(ctx, after=after, until=holdout_start, known_at=as_of, window="incremental training",
-                              min_rows=MIN_TRAIN_ROWS)
+                              min_rows=config.training.min_rows)
         model = fit_incremental(config, ctx.registry.load_model(champion.version), train)
     else:
         after, clipped = training_start(config, holdout_start, None if until else decision.get("train_after"))
         notes += clipped
         train = load_labelled(ctx, after=after, until=holdout_start, known_at=as_of, window="training",
-                              min_rows=MIN_TRAIN_ROWS)
+                              min_rows=config.training.min_rows)
         model = fit_full(config, train)
     window = data_window(train, config)
     if strategy == "incremental":
         # The warm-started model also carries everything the champion learned.
         window = DataWindow(window.rows, champion.data_start.isoformat() if champion.data_start else window.start,
                             window.end, window.content_hash)
-    experiment = tracking.ensure_experiment(config.name, ctx.settings)
     ctx.registry.ensure_model(_model_description(config), tags={"driftline.config": config.source or ""})
-    X = train[config.feature_names]
-    pred, score = predict(config, model, train)
-    from ml.evaluation import compute_metric
-
-    train_metric = compute_metric(config.promotion.metric, train["label"], pred, score, pos_label=config.positive_label)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"candidate {decision['kind']} {as_of:%Y-%m-%d %H:%M}") as active:
-        mlflow.set_tags({
-            "driftline.kind": "candidate", "driftline.dag_run_id": run.run_id, "driftline.trigger": decision["kind"],
-            "driftline.reasons": "; ".join(decision["reasons"])[:4900], "driftline.git_commit": tracking.git_commit(),
-            "driftline.strategy": strategy, "mlflow.note.content": decision.get("summary", ""),
-        })
-        mlflow.log_params({**{f"estimator.{k}": v for k, v in config.estimator.params.items()},
-                           "estimator.class": config.estimator.class_path, "strategy": strategy,
-                           "window.training": format_duration(config.windows.training),
-                           "window.holdout": format_duration(config.windows.holdout),
-                           "data.rows": window.rows, "data.start": window.start, "data.end": window.end,
-                           "data.hash": window.content_hash})
-        mlflow.log_metrics({f"train_{config.promotion.metric}": train_metric, "train_rows": window.rows})
-        mlflow.log_dict(config.snapshot(), "config/model_config.json")
-        if check.get("report_path") and Path(check["report_path"]).exists():
-            mlflow.log_artifact(check["report_path"], "drift")
-        mlflow.log_dict(check["drift"], "drift/drift.json")
-        # cloudpickle on purpose (skops refuses tree models' types); keep its notice out of task logs.
-        logging.getLogger("mlflow.sklearn").setLevel(logging.ERROR)
-        info = mlflow.sklearn.log_model(
-            model, name="model", signature=infer_signature(X, pred), input_example=X.head(5),
-            serialization_format="cloudpickle", pip_requirements=_pip_requirements(),
-        )
-        mlflow_run = active.info.run_id
-    # Through the client: log_model(registered_model_name=...) prints to stderr, which Airflow logs as ERROR.
-    # model_id: a tracking server refuses a models:/m-<id> source without it (a local store does not check).
-    version = int(ctx.registry.client.create_model_version(config.name, info.model_uri, run_id=mlflow_run,
-                                                           model_id=info.model_id).version)
+    logged = ctx.tracker.log_candidate(run_id=run.run_id, model=model, train=train, strategy=strategy,
+                                       decision=decision, check=check, window=window, as_of=as_of)
+    version = ctx.registry.register(logged)
     tags = {
         "trigger": decision["kind"], "reasons": "; ".join(decision["reasons"]), "dag_run_id": run.run_id,
-        "mlflow_run_id": mlflow_run, "strategy": strategy, "git_commit": tracking.git_commit(),
+        "mlflow_run_id": logged.run_id, "strategy": strategy, "git_commit": tracking.git_commit(),
         "data_rows": window.rows, "data_start": window.start, "data_end": window.end, "data_hash": window.content_hash,
         "data_time": as_of.isoformat(), "notes": "; ".join(notes),
     }
     ctx.registry.mark_challenger(version, tags, run_id=run.run_id, actor=run.actor)
     log.info("trained v%s (%s, %s rows %s..%s)", version, strategy, window.rows, window.start, window.end)
-    return {"version": version, "mlflow_run_id": mlflow_run, "experiment_id": experiment, "strategy": strategy,
-            "window": window.to_dict(), "as_of": as_of.isoformat(), "trigger": decision["kind"],
-            "reasons": list(decision["reasons"]), "links": _candidate_links(ctx, experiment, mlflow_run, version)}
-
-
-def _candidate_links(ctx: Context, experiment: str, mlflow_run: str, version: int) -> dict[str, str]:
-    base = ctx.settings.mlflow_ui_url
-    return {
-        "mlflow_run": links.run_url(base, experiment, mlflow_run),
-        "model_version": links.model_version_url(base, ctx.config.name, version),
-        "drift_report": links.artifact_url(base, experiment, mlflow_run, "drift/drift.html"),
-    }
+    return {"version": version, "mlflow_run_id": logged.run_id, "experiment_id": logged.experiment_id,
+            "strategy": strategy, "window": window.to_dict(), "as_of": as_of.isoformat(), "trigger": decision["kind"],
+            "reasons": list(decision["reasons"]), "force": bool(decision.get("force")),
+            "links": ctx.tracker.candidate_links(logged.experiment_id, logged.run_id, version)}
 
 
 def _version_of_run(ctx: Context, run_id: str) -> dict[str, Any] | None:
@@ -626,20 +589,13 @@ def _version_of_run(ctx: Context, run_id: str) -> dict[str, Any] | None:
         if info.tag("dag_run_id") == run_id:
             window = {"rows": info.tag("data_rows"), "start": info.tag("data_start"), "end": info.tag("data_end"),
                       "content_hash": info.tag("data_hash")}
-            mlflow_run = info.tag("mlflow_run_id")
-            experiment = ctx.registry.client.get_run(mlflow_run).info.experiment_id
-            return {"version": info.version, "mlflow_run_id": mlflow_run, "experiment_id": experiment,
+            logged_run = info.tag("mlflow_run_id")
+            experiment = ctx.tracker.experiment_of(logged_run)
+            return {"version": info.version, "mlflow_run_id": logged_run, "experiment_id": experiment,
                     "strategy": info.tag("strategy"), "window": window, "as_of": info.tag("data_time"),
                     "trigger": info.tag("trigger"), "reasons": (info.tag("reasons") or "").split("; "),
-                    "links": _candidate_links(ctx, experiment, mlflow_run, info.version)}
+                    "links": ctx.tracker.candidate_links(experiment, logged_run, info.version)}
     return None
-
-
-def _pip_requirements() -> list[str]:
-    # Given explicitly: MLflow's inference imports the model in a subprocess, seconds per candidate.
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "cloudpickle")]
 
 
 def _model_description(config: ModelConfig) -> str:
@@ -650,15 +606,16 @@ def _model_description(config: ModelConfig) -> str:
     )
 
 
-def evaluate_candidate(config: ModelConfig, run: RunInfo, candidate: dict[str, Any]) -> dict[str, Any]:
+def evaluate_candidate(ctx: Context, run: RunInfo, candidate: dict[str, Any]) -> dict[str, Any]:
     """Champion and challenger on the same newest labelled holdout that neither trained on."""
     from ml.evaluation import evaluate_candidate as gate_candidate
 
-    ctx = Context.open(config)
+    config = ctx.config
     as_of = _time(candidate["as_of"])
     # The holdout is always the newest labelled span, also when training was moved into the past.
     start, end = labelled_split(ctx, as_of)
-    holdout = load_labelled(ctx, after=start, until=end, known_at=as_of, window="holdout", min_rows=MIN_HOLDOUT_ROWS)
+    holdout = load_labelled(ctx, after=start, until=end, known_at=as_of, window="holdout",
+                            min_rows=config.promotion.min_holdout_rows)
     version = int(candidate["version"])
     champion = champion_info(ctx)
     challenger_pred, challenger_score = predict(config, ctx.registry.load_model(version), holdout)
@@ -677,7 +634,6 @@ def evaluate_candidate(config: ModelConfig, run: RunInfo, candidate: dict[str, A
         min_improvement=gate.min_improvement, significance=gate.significance, floor=gate.floor,
         n_resamples=gate.bootstrap_samples, seed=config.training.random_state, pos_label=config.positive_label,
     )
-    table = result.table_markdown()
     description = _version_description(config, run, candidate, result, holdout, notes)
     ctx.registry.describe(version, description)
     ctx.registry.set_tags(version, {
@@ -685,36 +641,18 @@ def evaluate_candidate(config: ModelConfig, run: RunInfo, candidate: dict[str, A
         "eval_ci_low": result.ci_low, "eval_ci_high": result.ci_high, "eval_rows": result.n_rows,
         "eval_verdict": result.verdict, "compared_with": champion.version if champion else "",
     })
-    client = ctx.registry.client
-    run_id = candidate["mlflow_run_id"]
-    metrics = {f"holdout_{gate.metric}": result.challenger, "holdout_rows": result.n_rows}
-    if result.champion is not None:
-        metrics.update({f"champion_holdout_{gate.metric}": result.champion, "improvement": result.improvement,
-                        "improvement_ci_low": result.ci_low, "improvement_ci_high": result.ci_high})
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, float(value))
-    client.log_text(run_id, table, "evaluation/comparison.md")
-    _log_evaluation_plot(ctx, run_id, result.to_dict())
-    client.set_tag(run_id, "driftline.verdict_suggested", result.verdict)
+    ctx.tracker.log_evaluation(candidate["mlflow_run_id"], result, _live_history(ctx))
     log.info("evaluation: %s", result.summary())
     return {**result.to_dict(), "summary": result.summary(), "notes": notes, "links": candidate.get("links", {})}
 
 
-def _log_evaluation_plot(ctx: Context, run_id: str, evaluation: dict[str, Any]) -> None:
-    from ml.plots import evaluation_figure
-
-    history = [
+def _live_history(ctx: Context) -> list[tuple[datetime, float]]:
+    """The champion's live metric at each earlier run (from the audit log), for the evaluation plot."""
+    return [
         (_time(e["details"]["as_of"]), float(e["details"]["live_metric"]))
         for e in ctx.store.audit_log(ctx.config.name, ["run"])
         if (e["details"] or {}).get("live_metric") is not None and e["details"].get("as_of")
     ]
-    figure = evaluation_figure(evaluation, history, ctx.config.promotion.metric)
-    try:
-        ctx.registry.client.log_figure(run_id, figure, "evaluation/comparison.png")
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
 
 
 def _version_description(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], result: Any,
@@ -736,14 +674,7 @@ def _version_description(config: ModelConfig, run: RunInfo, candidate: dict[str,
     return "\n".join(lines)
 
 
-def choose_outcome(evaluation: dict[str, Any], decision: dict[str, Any]) -> str:
-    """"promote" when the gate passed, or when a person forced it; else "reject"."""
-    return "promote" if evaluation["verdict"] == "promote" or decision.get("force") else "reject"
-
-
-def promote(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any],
-            decision: dict[str, Any]) -> dict[str, Any]:
-    ctx = Context.open(config)
+def promote(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     forced = evaluation["verdict"] != "promote"
     reasons = list(evaluation["reasons"])
     if forced:
@@ -751,7 +682,7 @@ def promote(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], evalua
     version = int(candidate["version"])
     if forced:
         # The description still shows the gate's verdict; say plainly who overrode it and why.
-        current = ctx.registry.client.get_model_version(config.name, str(version)).description or ""
+        current = ctx.registry.description(version)
         if "Promoted by force" not in current:
             why = run.param("reason", "no reason given")
             ctx.registry.describe(version, f"> **Promoted by force** by {run.actor or 'a person'}, past the gate: {why}\n\n"
@@ -763,41 +694,37 @@ def promote(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], evalua
     else:
         log.info("promoted v%s (previous champion %s)%s", result["champion"], result["previous_champion"],
                  " [forced]" if forced else "")
-    return {**result, "forced": forced, "links": _version_links(ctx, result["champion"])}
+    return {**result, "forced": forced, "links": ctx.tracker.version_links(result["champion"])}
 
 
-def _version_links(ctx: Context, version: int) -> dict[str, str]:
-    return {"model_version": links.model_version_url(ctx.settings.mlflow_ui_url, ctx.config.name, version)}
-
-
-def reject(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-    ctx = Context.open(config)
+def reject(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     result = ctx.registry.reject(int(candidate["version"]), run_id=run.run_id, actor=run.actor,
                                  reasons=list(evaluation["reasons"]))
     log.info("rejected v%s; champion stays v%s", candidate["version"], result["champion"])
-    return {**result, "links": _version_links(ctx, int(candidate["version"]))}
+    return {**result, "links": ctx.tracker.version_links(int(candidate["version"]))}
 
 
-def record(config: ModelConfig, run: RunInfo, *, guard: dict | None, check: dict | None, decision: dict | None,
+def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None, decision: dict | None,
            candidate: dict | None, evaluation: dict | None, outcome: dict | None) -> dict[str, Any]:
     """One audit entry per run with what a person asks afterwards: what drifted, what was decided,
     what the registry did, and who is champion now."""
-    ctx = Context.open(config)
+    config = ctx.config
     drift = (check or {}).get("drift") or {}
-    action = "skipped"
-    if outcome:
-        action = outcome["action"]
+    performance = (check or {}).get("performance") or {}
     summary = {
         "as_of": (check or {}).get("as_of"),
         "drift_share": drift.get("drift_share"),
-        "live_metric": ((check or {}).get("performance") or {}).get("live"),
+        "live_metric": performance.get("live"),
+        "live_rows": performance.get("rows", 0),
         "metric": config.promotion.metric,
         "trigger": (decision or {}).get("kind", "none"),
         "reasons": (decision or {}).get("reasons", []),
         "held_back": (decision or {}).get("held_back", []),
+        "decision": (decision or {}).get("summary"),
         "candidate_version": (candidate or {}).get("version"),
         "evaluation": (evaluation or {}).get("summary"),
-        "action": action,
+        "verdict": (evaluation or {}).get("verdict"),
+        "action": outcome["action"] if outcome else "skipped",
         "guard": (guard or {}).get("action"),
         "guard_reason": (guard or {}).get("reason"),
         "champion_version": ctx.registry.champion(),
@@ -805,17 +732,46 @@ def record(config: ModelConfig, run: RunInfo, *, guard: dict | None, check: dict
     }
     ctx.store.audit(config.name, "run", version=summary["champion_version"], actor=run.actor, run_id=run.run_id,
                     details=summary)
-    log.info("run %s: trigger=%s action=%s champion=v%s", run.run_id, summary["trigger"], action,
+    log.info("run %s: trigger=%s action=%s champion=v%s", run.run_id, summary["trigger"], summary["action"],
              summary["champion_version"])
     return summary
+
+
+def run_cycle(ctx: Context, run: RunInfo, *, keep_report: bool = False,
+              trace: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One continuous-training run in this process: the same steps, in the same order and on the
+    same branches, as the ``<model>_continuous_training`` DAG (the replay runs this). Returns each
+    step's result by name, ``record`` last; ``trace``, when given, is filled as the steps finish,
+    so a caller sees what was done before a step failed. A step's error propagates, as a failed
+    task fails the DAG run (and no record is written)."""
+    check_params(run.params)
+    out: dict[str, Any] = trace if trace is not None else {}
+    out["guard"] = guard_champion(ctx, run)
+    if out["guard"]["action"] == "rollback":
+        out["rollback"] = rollback_on_guard(ctx, run, out["guard"])
+    out["windows"] = validate_windows(ctx, run)
+    out["check"] = check_drift(ctx, run, out["windows"], keep_report=keep_report)
+    out["decision"] = decide(ctx, run, out["check"])
+    candidate = evaluation = outcome = None
+    if out["decision"]["branch"] != BRANCH_FOR_KIND["none"]:
+        candidate = out["candidate"] = train_candidate(ctx, run, out["decision"], out["check"])
+        evaluation = out["evaluation"] = evaluate_candidate(ctx, run, candidate)
+        if choose_outcome(evaluation, candidate["force"]) == "promote":
+            outcome = out["promote"] = promote(ctx, run, candidate, evaluation)
+        else:
+            outcome = out["reject"] = reject(ctx, run, candidate, evaluation)
+    out["record"] = record(ctx, run, guard=out["guard"], check=out["check"], decision=out["decision"],
+                           candidate=candidate, evaluation=evaluation, outcome=outcome)
+    return out
 
 
 # ---- scoring ------------------------------------------------------------------------------------
 
 
-def score(config: ModelConfig, run: RunInfo) -> dict[str, Any]:
-    """Batch-score every stored row without a prediction with ``models:/<name>@champion``."""
-    ctx = Context.open(config)
+def score(ctx: Context, run: RunInfo) -> dict[str, Any]:
+    """Score every stored row without a prediction with the champion: the version read once, and
+    that version's model loaded (a promotion meanwhile cannot file its predictions under the old one)."""
+    config = ctx.config
     version = ctx.registry.champion()
     if version is None:
         return {"scored": 0, "reason": "no champion yet"}
@@ -825,10 +781,7 @@ def score(config: ModelConfig, run: RunInfo) -> dict[str, Any]:
     rows = validate_window(rows, config, window="scoring batch")
     if run.param("dry_run", False):
         return {"scored": 0, "would_score": len(rows), "champion": version, "reason": "dry run"}
-    import mlflow.sklearn
-
-    model = mlflow.sklearn.load_model(f"models:/{config.name}@{reg.CHAMPION}")
-    prediction, scores = predict(config, model, rows)
+    prediction, scores = predict(config, ctx.registry.load_model(version), rows)
     out = pd.DataFrame({"row_id": rows["row_id"], "prediction": list(prediction)})
     if scores is not None:
         out["score"] = scores

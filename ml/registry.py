@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from ml.store import Store
+from ml.ports import LoggedModel, RowStore
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -36,6 +36,12 @@ _Move = TypeVar("_Move", bound=Callable[..., Any])
 
 class RegistryError(RuntimeError):
     """A registry move that cannot be made (e.g. nothing to roll back to)."""
+
+
+def is_missing(exc: Exception) -> bool:
+    """True when an MLflow error says the model or alias does not exist (only that means "none")."""
+    code = getattr(exc, "error_code", "")
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
 
 
 def checkpoint(step: str) -> None:
@@ -71,7 +77,7 @@ class VersionInfo:
 
 
 class Registry:
-    def __init__(self, name: str, store: Store, mlflow_client: Any) -> None:
+    def __init__(self, name: str, store: RowStore, mlflow_client: Any) -> None:
         self.name = name
         self.store = store
         self.client = mlflow_client
@@ -84,7 +90,9 @@ class Registry:
         try:
             self.client.get_registered_model(self.name)
             return True
-        except MlflowException:
+        except MlflowException as exc:
+            if not is_missing(exc):
+                raise  # fail closed: an unreachable registry is not an empty one
             return False
 
     def ensure_model(self, description: str, tags: dict[str, str] | None = None) -> None:
@@ -105,7 +113,11 @@ class Registry:
 
         try:
             return int(self.client.get_model_version_by_alias(self.name, alias).version)
-        except MlflowException:
+        except MlflowException as exc:
+            if not is_missing(exc):
+                # Fail closed: a registry that cannot answer (connection refused, 5xx) must not read
+                # as "no champion", or the gate would let any candidate replace the real one.
+                raise
             return None
 
     def champion(self) -> int | None:
@@ -139,6 +151,16 @@ class Registry:
         import mlflow.sklearn
 
         return mlflow.sklearn.load_model(f"models:/{self.name}/{version}")
+
+    def register(self, logged: LoggedModel) -> int:
+        """A new version from a logged candidate (its run and model)."""
+        # model_id: a tracking server refuses a models:/m-<id> source without it (a local store does not check).
+        mv = self.client.create_model_version(self.name, logged.model_uri, run_id=logged.run_id,
+                                              model_id=logged.model_id)
+        return int(mv.version)
+
+    def description(self, version: int) -> str:
+        return self.client.get_model_version(self.name, str(version)).description or ""
 
     # ---- writes -------------------------------------------------------------------------------
 

@@ -10,16 +10,15 @@ Strategies, all in one run on the same batches:
 * ``static``: the first model, never retrained;
 * ``every_k`` (``every 1`` is "retrain every batch"): a full retrain on the last ``window``
   labelled batches after every k-th batch;
-* ``driftline``: each step is what the continuous-training DAG's tasks do, with the same
-  functions: the rollback guard (:func:`ml.loop.guard_verdict`), validation
-  (:func:`ml.validation.validate_window`), drift (:func:`ml.drift.compute_drift`), the live metric
-  (:func:`ml.evaluation.compute_metric`), the trigger decision (:func:`ml.triggers.decide`,
-  :func:`ml.triggers.drift_onset`), training (:func:`ml.training.fit_full` /
-  :func:`ml.training.fit_incremental` on the window :func:`ml.loop.training_start` gives), the
-  promotion gate (:func:`ml.evaluation.evaluate_candidate`, :func:`ml.loop.choose_outcome`).
+* ``driftline``: the continuous-training loop itself. Each batch is scored by
+  :func:`ml.loop.score` and each step is :func:`ml.loop.run_cycle`, the DAG's own steps (guard,
+  validation, drift, decision, training, gate, promote or reject, record), run through in-memory
+  adapters (:mod:`ml.memory`: the rows below as a store, the registry's own moves over a dict, a
+  tracker that logs nothing). This module holds no step logic: it cuts batches, runs the
+  baselines, and reads back what the loop did.
 
-What is *not* replayed: the store, MLflow and the registry. Rows and labels live in one frame, the
-champion and its predecessors in memory; that is what makes a two-year replay take minutes.
+What is *not* replayed is I/O: no SQL store, no MLflow. That is what makes a two-year replay take
+minutes; ``tests/test_parity.py`` checks that the DAG path and the replay path decide alike.
 
 Time: with a time column each row keeps its time; without one (file order) row ``i`` is given the
 time ``start + i * row_interval``, so durations in the policy (cooldown, max model age) still mean
@@ -452,7 +451,7 @@ class Baseline(Strategy):
         self.name = STATIC if every is None else f"every_{every}" + ("_held_out" if held_out else "")
 
     def _fit(self, world: World, step: int) -> None:
-        from ml.loop import training_start
+        from ml.policy import training_start
         from ml.training import fit_full
 
         if self.held_out:
@@ -486,21 +485,8 @@ class Baseline(Strategy):
 
 
 @dataclass
-class _Version:
-    """A registered model version, as the registry's tags describe it."""
-
-    version: int
-    model: Any
-    data_start: pd.Timestamp
-    data_end: pd.Timestamp
-    metric: float | None = None  # eval_<metric>: its own score on the holdout at its evaluation
-    promoted_at: pd.Timestamp | None = None
-    previous: int | None = None  # the previous_champion tag set when it was promoted
-
-
-@dataclass
 class Step:
-    """What the Driftline strategy saw and did at one step (the DAG's audit entry)."""
+    """What the Driftline strategy saw and did at one step (the DAG run's audit entry)."""
 
     batch: int
     as_of: str
@@ -509,40 +495,58 @@ class Step:
     live_rows: int
     trigger: str
     summary: str
-    action: str  # skipped, promoted, rejected, failed (+ "rolled back" by the guard)
+    action: str  # skipped, promoted, rejected, failed
     champion: int | None
-    guard: str = "keep"
+    guard: str = "keep"  # or "rollback: <why>"
+    reasons: list[str] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)
+    candidate: int | None = None
+    verdict: str | None = None  # the gate's, when a candidate was evaluated
 
 
 class Driftline(Strategy):
-    """The continuous-training DAG's steps, in process: guard, validate, drift, decide, train,
-    evaluate, promote or reject."""
+    """The continuous-training loop itself: at each step :func:`ml.loop.score` serves the batch and
+    :func:`ml.loop.run_cycle` runs the DAG's steps, through in-memory adapters (:mod:`ml.memory`)
+    over the replayed rows. Nothing here decides: it only reads back what the steps did."""
 
-    def __init__(self, config: ModelConfig, name: str = DRIFTLINE) -> None:
+    def __init__(self, config: ModelConfig, world: World, name: str = DRIFTLINE) -> None:
+        from ml import loop
+        from ml.memory import MemoryRegistry, MemoryStore, NullTracker
+        from ml.settings import get_settings
+
         super().__init__()
         self.name = name
         self.config = config
-        self.versions: dict[int, _Version] = {}
-        self.champion: int | None = None
-        self.previous: int | None = None
-        self.last_retrain: pd.Timestamp | None = None
-        self.last_rejection: pd.Timestamp | None = None
-        self.drift_history: list[tuple[pd.Timestamp, float | None]] = []
+        frame = world.frame
+        never = frame["known_at"] == pd.Timestamp.max.tz_localize("UTC")
+        rows = frame.assign(labelled_at=frame["known_at"].mask(never), label=frame["label"].mask(never))
+        self.store = MemoryStore(rows, config.feature_names)
+        self.registry = MemoryRegistry(config.name, self.store)
+        self.ctx = loop.Context(config, get_settings(), self.store, self.registry, NullTracker())
         self.steps: list[Step] = []
-        self.uses_drift = config.triggers.drift_share is not None or config.triggers.prediction_drift
 
-    # -- serving --
+    @property
+    def champion(self) -> int | None:
+        return self.registry.champion()
+
+    def _run(self, step: int, what: str) -> Any:
+        from ml import loop
+
+        return loop.RunInfo(f"replay/{self.name}/{what}/{step}", actor="replay")
+
+    # -- serving: the score step --
 
     def predict(self, world: World, b: int) -> tuple[np.ndarray, np.ndarray | None, int | None]:
-        prediction, score, _ = super().predict(world, b)
-        return prediction, score, self.champion
+        from ml import loop
 
-    def _set_champion(self, version: int | None) -> None:
-        self.champion = version
-        self.model = self.versions[version].model if version is not None else None
-        self.model_end = self.versions[version].data_end if version is not None else None
+        self.store.show(int(world.bounds[b + 1]))
+        loop.score(self.ctx, self._run(b, "score"))
+        rows = world.batch_rows(b)
+        if (self.store.version[rows] == 0).any():
+            raise RuntimeError(f"{self.name}: batch {b} was not scored by a champion")
+        return self.store.prediction[rows], self.store.score[rows], None
 
-    # -- the steps --
+    # -- the continuous-training run --
 
     def start(self, world: World, step: int) -> None:
         self.act(world, step)
@@ -552,210 +556,62 @@ class Driftline(Strategy):
             raise ReplayError(f"{self.name}: no first model after the initial batches: {why}")
 
     def act(self, world: World, step: int) -> None:
-        from ml.triggers import decide
+        from ml import loop
 
-        as_of = world.as_of(step)
-        guard = self._guard(world, step)
-        drift, live, live_rows = self._check(world, step)
-        facts = self._facts(world, step, drift, live, live_rows)
-        decision = decide(self.config.triggers, facts)
-        action = "skipped"
-        if decision.retrain:
-            action = self._retrain(world, step, decision)
-        self.steps.append(Step(step, as_of.isoformat(), None if drift is None else drift.drift_share, live, live_rows,
-                               decision.kind, decision.summary(), action, self.champion, guard))
-
-    def _guard(self, world: World, step: int) -> str:
-        """ml.loop.guard_champion: the champion against its predecessor on the rows it served."""
-        from ml.evaluation import compute_metric
-        from ml.loop import guard_verdict
-        from ml.training import predict
-
-        cfg = self.config
-        if self.champion is None or self.previous is None or not cfg.rollback.auto:
-            return "keep"
-        champion = self.versions[self.champion]
-        served = world.served[self.name]
-        mask = world.rows(step, after=champion.promoted_at, labelled=True) & (served["version"] == self.champion)
-        if mask.sum() < cfg.rollback.min_labelled_rows:
-            return "keep"
-        rows = world.frame[mask]
-        metric, pos = cfg.promotion.metric, cfg.positive_label
-        scores = served["score"][mask]
-        live = compute_metric(metric, rows["label"], served["prediction"][mask], None if np.isnan(scores).any()
-                              else scores, pos_label=pos)
-        before_pred, before_score = predict(cfg, self.versions[self.previous].model, rows)
-        before = compute_metric(metric, rows["label"], before_pred, before_score, pos_label=pos)
-        if guard_verdict(cfg, live, before) != "rollback":
-            return "keep"
-        restored, demoted = self.previous, self.champion
-        self._set_champion(restored)
-        before_restored = self.versions[restored].previous
-        self.previous = before_restored if before_restored != restored else None
-        self.versions[restored].promoted_at = world.as_of(step)  # a new probation starts now
-        detail = f"v{demoted} {metric} {live:.3f} vs v{restored} {before:.3f} on {int(mask.sum())} rows it served"
-        self.note(world, step, "rollback", detail)
-        return f"rollback: {detail}"
-
-    def _check(self, world: World, step: int) -> tuple[Any, float | None, int]:
-        """ml.loop.check_drift: drift of the current batch against the champion's training rows,
-        and the champion's metric on the labels that arrived in this period."""
-        from ml.drift import compute_drift
-        from ml.evaluation import compute_metric
-
-        cfg = self.config
-        as_of = world.as_of(step)
-        drift = None
-        if self.uses_drift and self.champion is not None:
-            champion = self.versions[self.champion]
-            current = world.frame[world.rows(step, after=as_of - cfg.windows.current, until=as_of)]
-            reference = world.frame[world.rows(step, after=champion.data_start - pd.Timedelta(microseconds=1),
-                                               until=champion.data_end)]
-            served = world.served[self.name]
-            current = current.assign(score=served["score"][current.index])
-            reference = reference.assign(score=served["score"][reference.index])
-            drift = compute_drift(reference, current, cfg.features, num_method=cfg.triggers.num_method,
-                                  cat_method=cfg.triggers.cat_method,
-                                  prediction_column="score" if cfg.triggers.prediction_drift else None)
-        live, rows = None, 0
-        if self.champion is not None:
-            served = world.served[self.name]
-            fresh = world.known_at > world.t64(as_of - cfg.windows.current)
-            fresh &= world.rows(step, labelled=True) & (served["version"] == self.champion)
-            rows = int(fresh.sum())
-            if rows:
-                scores = served["score"][fresh]
-                try:
-                    live = compute_metric(cfg.promotion.metric, world.frame["label"].to_numpy()[fresh],
-                                          served["prediction"][fresh], None if np.isnan(scores).any() else scores,
-                                          pos_label=cfg.positive_label)
-                except ValueError:  # e.g. one class only in a small batch: no live metric this time
-                    live = None
-        return drift, live, rows
-
-    def _facts(self, world: World, step: int, drift: Any, live: float | None, live_rows: int) -> Any:
-        """ml.loop.gather_facts, from the replay's memory instead of the store and registry."""
-        from ml.triggers import TriggerInputs, drift_onset, drop_reference
-
-        cfg = self.config
-        as_of = world.as_of(step)
-        champion = self.versions.get(self.champion) if self.champion is not None else None
-        onset = None
-        labels_after_onset = 0
-        if drift is not None:
-            start = as_of - cfg.windows.current
-            onset = drift_onset(self.drift_history, (start, drift.drift_share), cfg.triggers.drift_share)
-            self.drift_history.append((start, drift.drift_share))
-            latest = world.latest_labelled(step)
-            if onset is not None and latest is not None:
-                labels_after_onset = int(world.rows(step, after=onset, until=latest - cfg.windows.holdout,
-                                                    labelled=True).sum())
-        new_labels = int(world.rows(step, after=champion.data_end if champion else None, labelled=True).sum())
-        reference, reference_label = drop_reference(cfg.triggers, champion.metric if champion else None,
-                                                    self._served_baseline(world, step), cfg.windows.current)
-        return TriggerInputs(
-            has_champion=champion is not None,
-            drift_share=None if drift is None else drift.drift_share,
-            drifted_features=() if drift is None else tuple(drift.drifted_features),
-            n_features=len(cfg.features),
-            prediction_drifted=bool(drift is not None and drift.prediction and drift.prediction.drifted),
-            metric=cfg.promotion.metric,
-            greater_is_better=cfg.greater_is_better,
-            live_metric=live,
-            live_rows=live_rows,
-            reference_metric=reference,
-            reference_label=reference_label,
-            model_age=(as_of - champion.data_end).to_pytimedelta() if champion else None,
-            since_last_retrain=(as_of - self.last_retrain).to_pytimedelta() if self.last_retrain is not None else None,
-            since_last_rejection=(as_of - self.last_rejection).to_pytimedelta()
-            if self.last_rejection is not None else None,
-            new_labels=new_labels,
-            drift_onset=None if onset is None else pd.Timestamp(onset).to_pydatetime(),
-            labels_after_onset=labels_after_onset,
-        )
-
-    def _served_baseline(self, world: World, step: int) -> float | None:
-        """ml.loop._served_baseline: the champion's level over its first windows.current served."""
-        from ml.evaluation import served_baseline
-
-        cfg = self.config
-        if self.champion is None or cfg.triggers.drop_reference != "served":
-            return None
-        served = world.served[self.name]
-        by_champion = served["version"] == self.champion
-        if not by_champion.any():
-            return None
-        mask = by_champion & world.rows(step, labelled=True)
-        labelled = world.frame[mask].assign(prediction=served["prediction"][mask], score=served["score"][mask])
-        first = world.frame["ts"][by_champion].min()
-        value, _ = served_baseline(cfg.promotion.metric, labelled, first, cfg.windows.current,
-                                   cfg.rollback.min_labelled_rows, pos_label=cfg.positive_label)
-        return value
-
-    def _retrain(self, world: World, step: int, decision: Any) -> str:
-        """ml.loop.train_candidate + evaluate_candidate + choose_outcome + promote / reject."""
-        from ml.evaluation import evaluate_candidate
-        from ml.loop import MIN_HOLDOUT_ROWS, MIN_TRAIN_ROWS, choose_outcome, training_start
-        from ml.training import TrainingError, fit_full, fit_incremental, predict
-        from ml.validation import DataValidationError, validate_window
-
-        cfg = self.config
-        as_of = world.as_of(step)
-        latest = world.latest_labelled(step)
-        champion = self.versions.get(self.champion) if self.champion is not None else None
+        self.store.show(int(world.bounds[step + 1]))
+        trace: dict[str, Any] = {}
+        error = None
+        started = time.perf_counter()
         try:
-            if latest is None:
-                raise DataValidationError(f"{cfg.name}: no labelled rows known at {as_of.isoformat()}")
-            holdout_start = latest - cfg.windows.holdout
-            strategy = cfg.training.strategy if champion is not None else "full"
-            if strategy == "incremental":
-                after = champion.data_end
-            else:
-                after, _ = training_start(cfg, holdout_start.to_pydatetime(), decision.train_after)
-            train = world.frame[world.rows(step, after=after, until=holdout_start, labelled=True)]
-            train = validate_window(train, cfg, window="training", require_labels=True, min_rows=MIN_TRAIN_ROWS)
-            holdout = world.frame[world.rows(step, after=holdout_start, until=latest, labelled=True)]
-            holdout = validate_window(holdout, cfg, window="holdout", require_labels=True, min_rows=MIN_HOLDOUT_ROWS)
-            started = time.perf_counter()
-            model = fit_incremental(cfg, champion.model, train) if strategy == "incremental" else fit_full(cfg, train)
+            loop.run_cycle(self.ctx, self._run(step, "run"), trace=trace)
+        except loop.USER_ERRORS as exc:  # a failed DAG run: no model moved, no record written
+            error = str(exc)
+        if "candidate" in trace:  # for Driftline, "fit time" is the time of the runs that trained
             self.stats.fit_seconds += time.perf_counter() - started
-        except (DataValidationError, TrainingError) as exc:
-            self.note(world, step, "failed", str(exc))
-            return "failed"
-        version = max(self.versions, default=0) + 1
-        start = champion.data_start if strategy == "incremental" else train["ts"].min()
-        candidate = _Version(version, model, start, train["ts"].max())
-        self.versions[version] = candidate
-        self.last_retrain = as_of
-        self.note(world, step, "retrain", f"v{version} ({decision.kind}) on {len(train)} rows "
-                  f"{candidate.data_start:%Y-%m-%d %H:%M}..{candidate.data_end:%Y-%m-%d %H:%M}: "
-                  f"{'; '.join(decision.reasons)}")
+        self._note_events(world, step, trace, error)
+        self.steps.append(self._step(world, step, trace, error))
+        champion = self.champion
+        end = self.registry.info(champion).tag("data_end") if champion is not None else None
+        self.model_end = pd.Timestamp(end) if end else None
 
-        challenger_pred, challenger_score = predict(cfg, model, holdout)
-        champion_pred = champion_score = None
-        if champion is not None:
-            champion_pred, champion_score = predict(cfg, champion.model, holdout)
-        gate = cfg.promotion
-        result = evaluate_candidate(
-            metric=gate.metric, y_true=holdout["label"], challenger_pred=challenger_pred,
-            challenger_score=challenger_score, champion_pred=champion_pred, champion_score=champion_score,
-            challenger_version=version, champion_version=self.champion, min_improvement=gate.min_improvement,
-            significance=gate.significance, floor=gate.floor, n_resamples=gate.bootstrap_samples,
-            seed=cfg.training.random_state, pos_label=cfg.positive_label,
+    def _note_events(self, world: World, step: int, trace: dict[str, Any], error: str | None) -> None:
+        if "rollback" in trace:
+            self.note(world, step, "rollback", trace["guard"]["reason"])
+        candidate = trace.get("candidate")
+        if candidate:
+            window = candidate["window"]
+            self.note(world, step, "retrain", f"v{candidate['version']} ({candidate['trigger']}) on {window['rows']} "
+                      f"rows {window['start']}..{window['end']}: {'; '.join(candidate['reasons'])}")
+        evaluation = (trace.get("evaluation") or {}).get("summary", "")
+        promoted = trace.get("promote")
+        if promoted and promoted.get("action") == "promoted":
+            self.note(world, step, "promote", evaluation)
+        elif promoted or trace.get("reject"):
+            self.note(world, step, "reject", evaluation)
+        if error is not None:
+            self.note(world, step, "failed", error)
+
+    def _step(self, world: World, step: int, trace: dict[str, Any], error: str | None) -> Step:
+        record = trace.get("record") or {}
+        decision = trace.get("decision") or {}
+        performance = (trace.get("check") or {}).get("performance") or {}
+        guard = trace.get("guard") or {}
+        return Step(
+            batch=step,
+            as_of=world.as_of(step).isoformat(),
+            drift_share=((trace.get("check") or {}).get("drift") or {}).get("drift_share"),
+            live_metric=performance.get("live"),
+            live_rows=int(performance.get("rows") or 0),
+            trigger=decision.get("kind", "none"),
+            summary=decision.get("summary") or error or "",
+            action=record.get("action", "failed" if error is not None else "skipped"),
+            champion=self.champion,
+            guard=f"rollback: {guard['reason']}" if guard.get("action") == "rollback" else "keep",
+            reasons=list(decision.get("reasons", [])),
+            held_back=list(decision.get("held_back", [])),
+            candidate=(trace.get("candidate") or {}).get("version"),
+            verdict=(trace.get("evaluation") or {}).get("verdict"),
         )
-        candidate.metric = result.challenger
-        if choose_outcome(result.to_dict(), decision.to_dict()) == "promote":
-            candidate.promoted_at = as_of
-            candidate.previous = self.champion
-            self.previous = self.champion
-            self._set_champion(version)
-            self.note(world, step, "promote", result.summary())
-            return "promoted"
-        # A candidate that is never served is dropped from memory (the registry would keep it).
-        candidate.model = None
-        self.last_rejection = as_of
-        self.note(world, step, "reject", result.summary())
-        return "rejected"
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -844,7 +700,7 @@ def run(data: ReplayData, *, name: str = "replay", variants: dict[str, ModelConf
     strategies: list[Strategy] = [Baseline(None), *(Baseline(k) for k in sorted(set(options.every))),
                                   *(Baseline(k, held_out=True) for k in sorted(set(options.every_held_out)))]
     variants = {DRIFTLINE: config} if variants is None else variants
-    strategies += [Driftline(cfg, variant) for variant, cfg in variants.items()]
+    strategies += [Driftline(cfg, world, variant) for variant, cfg in variants.items()]
     names = [s.name for s in strategies]
     if len(set(names)) != len(names):
         raise ReplayError(f"variants: strategy names must be unique, got {names}")
@@ -976,11 +832,3 @@ def plot(result: ReplayResult, path: str | Path, *, smooth: int = 4, title: str 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-if __name__ == "__main__":
-    import sys
-
-    from ml.replay_cli import main
-
-    sys.exit(main())

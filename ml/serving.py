@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -580,21 +581,100 @@ class NotReady(RuntimeError):
 
 
 class ScoringService:
-    """Validation, scoring with the current model, and the hand-off to the writer."""
+    """Validation, scoring with the current model, and the hand-off to the writer.
 
-    def __init__(self, config: ModelConfig, holder: ModelHolder, writer: PredictionWriter) -> None:
+    Scoring runs on one thread that takes every request queued while it was busy and predicts them in
+    one call: the pipeline's cost is mostly per call (about 5 ms for one row, 8 ms for a hundred here),
+    so under load this is what keeps the latency flat. Each batch reads the served model once, so every
+    answer names the version that really made it."""
+
+    def __init__(self, config: ModelConfig, holder: ModelHolder, writer: PredictionWriter, *,
+                 max_batch_rows: int = 4096) -> None:
         self.config = config
         self.holder = holder
         self.writer = writer
+        self.max_batch_rows = max_batch_rows
+        self._queue: queue.SimpleQueue[tuple[pd.DataFrame, datetime, Future] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
-    def predict(self, payload: Any, received_at: datetime) -> dict[str, Any]:
+    def submit(self, payload: Any, received_at: datetime) -> Future:
+        """Validate now (``RequestError`` at once); the future gives the answer, or raises ``NotReady``."""
+        frame = parse_rows(payload, self.config)
+        future: Future = Future()
+        self._queue.put((frame, received_at, future))
+        return future
+
+    def predict(self, payload: Any, received_at: datetime, timeout: float = 60.0) -> dict[str, Any]:
+        """Blocking form of :meth:`submit`."""
+        return self.submit(payload, received_at).result(timeout)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="scorer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Answers everything submitted before, then stops."""
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            rows = len(item[0])
+            stopping = False
+            while rows < self.max_batch_rows:  # no waiting: only what queued while the last batch ran
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+                rows += len(more[0])
+            try:
+                self._score(batch)
+            except Exception as exc:  # a bug here must answer every waiting request, not hang it
+                log.exception("scoring a batch failed")
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            if stopping:
+                return
+
+    def _score(self, batch: list[tuple[pd.DataFrame, datetime, Future]]) -> None:
         from ml.training import predict
 
-        frame = parse_rows(payload, self.config)
-        served = self.holder.current  # read once: this request uses this version to the end
+        served = self.holder.current  # read once: the whole batch is answered by this version
         if served is None:
-            raise NotReady(f"no blessed {self.config.name}@{CHAMPION} loaded yet")
-        prediction, score = predict(self.config, served.model, frame)
+            for _, _, future in batch:
+                future.set_exception(NotReady(f"no blessed {self.config.name}@{CHAMPION} loaded yet"))
+            return
+        try:
+            frame = pd.concat([f for f, _, _ in batch], ignore_index=True) if len(batch) > 1 else batch[0][0]
+            prediction, score = predict(self.config, served.model, frame)
+        except Exception:  # one request the model chokes on must not fail the others
+            if len(batch) > 1:
+                for item in batch:
+                    self._score([item])
+            else:
+                log.exception("v%s failed to score a request", served.version)
+                batch[0][2].set_exception(RuntimeError(f"v{served.version} could not score these rows"))
+            return
+        start = 0
+        for frame_part, received_at, future in batch:
+            end = start + len(frame_part)
+            answer = self._answer(served, frame_part, prediction[start:end],
+                                  None if score is None else score[start:end], received_at)
+            future.set_result(answer)
+            start = end
+
+    def _answer(self, served: ServedModel, frame: pd.DataFrame, prediction: Any, score: Any,
+                received_at: datetime) -> dict[str, Any]:
         answers = []
         stored = []
         features = frame[self.config.feature_names].to_dict("records")

@@ -17,16 +17,26 @@ from ml.config import TriggerPolicy, format_duration
 
 Kind = Literal["manual", "threshold", "event", "time", "none"]
 
-BRANCH_FOR_KIND: dict[str, str] = {
-    "threshold": "retrain_on_threshold",
-    "time": "retrain_on_schedule",
-    "event": "retrain_on_event",
-    "manual": "retrain_on_demand",
-    "none": "skip_retraining",
-}
 
-# Fewer labelled rows than this and the live metric is too noisy to act on.
-MIN_ROWS_FOR_PERFORMANCE = 50
+
+@dataclass(frozen=True)
+class Branch:
+    """One way out of the decision: its kind, the DAG's branch task, and when it is taken."""
+
+    kind: Kind
+    task_id: str
+    when: str
+
+
+# The decision's branches, in priority order; the DAG draws one branch marker per entry.
+BRANCHES: tuple[Branch, ...] = (
+    Branch("manual", "retrain_on_demand", "a person asked"),
+    Branch("threshold", "retrain_on_threshold", "a drift or performance threshold was crossed"),
+    Branch("event", "retrain_on_event", "new labelled data was announced"),
+    Branch("time", "retrain_on_schedule", "the champion is older than max_model_age (or there is none)"),
+    Branch("none", "skip_retraining", "no rule fired, or it was held back by cooldown / minimum labels"),
+)
+BRANCH_FOR_KIND: dict[str, str] = {b.kind: b.task_id for b in BRANCHES}
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class TriggerInputs:
     # are available for training (outside the holdout).
     drift_onset: datetime | None = None
     labels_after_onset: int = 0
+    min_train_rows: int = 1  # training.min_rows: a drift retrain waits for this many rows after the onset
 
 
 @dataclass(frozen=True)
@@ -119,7 +130,7 @@ def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]
         )
     if policy.prediction_drift and facts.prediction_drifted:
         reasons.append("prediction drift detected")
-    if facts.live_metric is not None and facts.live_rows >= MIN_ROWS_FOR_PERFORMANCE:
+    if facts.live_metric is not None and facts.live_rows >= policy.min_live_rows:
         live, better = facts.live_metric, facts.greater_is_better
         if policy.metric_floor is not None and (live < policy.metric_floor if better else live > policy.metric_floor):
             relation = "<" if better else ">"
@@ -189,7 +200,7 @@ def decide(policy: TriggerPolicy, facts: TriggerInputs) -> Decision:
         if facts.new_labels < policy.min_new_labels:
             holds.append(f"only {facts.new_labels} new labelled rows < {policy.min_new_labels} required")
     if facts.drift_onset is not None:
-        needed = max(policy.min_new_labels, 1)
+        needed = max(policy.min_new_labels, facts.min_train_rows, 1)
         if facts.labels_after_onset < needed:
             holds.append(
                 f"drift since {facts.drift_onset:%Y-%m-%d %H:%M}: {facts.labels_after_onset} labelled rows from "
@@ -203,21 +214,3 @@ def decide(policy: TriggerPolicy, facts: TriggerInputs) -> Decision:
         return Decision("none", tuple(reasons), held_back=tuple(holds))
     train_after = facts.drift_onset.isoformat() if facts.drift_onset is not None else None
     return Decision(kind, tuple(reasons), train_after=train_after)
-
-
-def drift_onset(
-    history: list[tuple[datetime, float | None]], now: tuple[datetime, float | None], threshold: float | None
-) -> datetime | None:
-    """Start of the drift episode that includes this check, or None if this check shows no drift.
-
-    ``history`` holds earlier checks as (start of their current window, drift share), oldest first;
-    ``now`` is this check. The episode is the unbroken run of checks at or above ``threshold``
-    ending with this one; its onset is the earliest of their window starts."""
-    if threshold is None or now[1] is None or now[1] < threshold:
-        return None
-    onset = now[0]
-    for start, share in reversed(history):
-        if share is None or share < threshold:
-            break
-        onset = min(onset, start)
-    return onset

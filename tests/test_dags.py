@@ -53,7 +53,21 @@ def test_continuous_training_graph_branches_and_join_rules():
     assert tasks["guard_champion"].downstream_task_ids == {"rollback_champion", "keep_champion"}
     # Only the retrain markers feed training; skip_retraining goes straight to record.
     assert tasks["train_candidate"].upstream_task_ids == set(RETRAIN_BRANCHES)
-    assert tasks["record"].upstream_task_ids == {"promote", "reject", "skip_retraining"}
+    # check_drift always ran when record runs; the branches' tasks are pulled (see the DAG file).
+    assert tasks["record"].upstream_task_ids == {"check_drift", "promote", "reject", "skip_retraining"}
+    # Markers and the no-op keep are EmptyOperators: the scheduler marks them done, no worker starts.
+    from airflow.providers.standard.operators.empty import EmptyOperator
+
+    from ml.triggers import BRANCHES
+
+    assert {b.task_id for b in BRANCHES} == {*RETRAIN_BRANCHES, "skip_retraining"}
+    for empty in (*RETRAIN_BRANCHES, "skip_retraining", "keep_champion"):
+        assert isinstance(tasks[empty], EmptyOperator), empty
+    # Retries are declared once, for the DAG; a task does not set its own.
+    assert {t.retries for t in tasks.values()} == {dag.default_args["retries"]}
+    # Edges out of the branches say why.
+    assert dag.get_edge_info("decide", "retrain_on_threshold") == {"label": "threshold"}
+    assert dag.get_edge_info("gate", "reject") == {"label": "gate failed"}
     for joined in ("train_candidate", "record", "validate_windows"):
         assert str(tasks[joined].trigger_rule) in ("none_failed_min_one_success",
                                                    "TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS")

@@ -161,7 +161,7 @@ def _databases() -> set[str]:
 
 
 def test_urls_point_at_the_right_services_ports_and_databases():
-    from driftline.events import redis_connection
+    from driftline.channels import redis_connection
 
     env = env_of("airflow-scheduler")
     postgres = env_of("postgres")
@@ -413,7 +413,7 @@ def _venv_env(**extra: str) -> dict[str, str]:
 
 
 def test_entrypoint_runs_the_command_with_driftline_env():
-    from driftline.events import redis_connection
+    from driftline.channels import redis_connection
 
     tricky = "a $HOME 'b' \"c\""
     printer = "import json, os, sys; print(json.dumps([os.environ.get('AIRFLOW_CONN_DRIFTLINE_REDIS'), sys.argv[1:]]))"

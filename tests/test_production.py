@@ -95,7 +95,7 @@ def _tails(stack) -> str:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, request):
     pg, redis = _services()
-    from driftline import events, production, stack
+    from driftline import channels, production, stack
     from driftline.api import AirflowApi
     from ml.config import load_config
     from ml.loop import Context
@@ -141,7 +141,7 @@ def live(tmp_path_factory, request):
                 d["dag_id"] for d in api.call("GET", "/api/v2/dags?dag_id_pattern=credit_default&limit=50")["dags"]
             }, 300)
             _wait("a Redis watcher subscribed on each model's channel",
-                  lambda: all(events.listeners(m, redis) >= 1 for m in (A, B)), 300)
+                  lambda: all(channels.listeners(m, redis) >= 1 for m in (A, B)), 300)
             TIMINGS["seed data, wait for DAGs and watchers"] = time.monotonic() - mark
             yield {"stack": live_stack, "api": api, "ctx": contexts, "redis": redis, "home": home,
                    "sims": {A: CreditDefaultSimulator(seed=11), B: CreditDefaultSimulator(seed=12)}}
@@ -228,12 +228,12 @@ def _assert_consistent(reg: dict) -> None:
 def test_two_models_run_at_once_on_two_workers(live):
     started = time.monotonic()
     api, stack = live["api"], live["stack"]
-    from driftline import events
+    from driftline import channels
 
     known = {m: {r["dag_run_id"] for r in api.runs(CT.format(m))} for m in (A, B)}
     run_a = api.trigger(CT.format(A), {"retrain": True, "reason": "e2e: first champion of A"})["dag_run_id"]
     # B by an asset event posted through the REST API: the event starts its run.
-    message, answer = events.publish_rest(B, 800, key=f"e2e-rest-{uuid.uuid4().hex[:6]}", api=api)
+    message, answer = channels.publish_rest(B, 800, key=f"e2e-rest-{uuid.uuid4().hex[:6]}", api=api)
     assert answer["extra"]["key"] == message["key"] and answer["extra"]["from_rest_api"] is True
     run_b = _new_run(api, CT.format(B), known[B], 120)["dag_run_id"]
     runs = {A: run_a, B: run_b}

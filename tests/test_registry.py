@@ -625,7 +625,7 @@ def test_score_writes_the_champions_predictions_once(fresh, config):
 
     batch = sim.batch(2).features
     assert store.add_observations(config.name, batch, config.feature_names) == 120
-    assert loop.score(config, run) == {"scored": 120, "champion": v1}
+    assert loop.score(loop.Context.open(config), run) == {"scored": 120, "champion": v1}
 
     rows = _stored(store, config).loc[batch["row_id"]]
     want_prediction, want_score = predict(config, first, batch)
@@ -635,7 +635,7 @@ def test_score_writes_the_champions_predictions_once(fresh, config):
     assert store.load(config.name, config.feature_names, unscored_only=True).empty
 
     # Nothing new: nothing scored, nothing rewritten.
-    assert loop.score(config, run) == {"scored": 0, "champion": v1, "reason": "nothing new to score"}
+    assert loop.score(loop.Context.open(config), run) == {"scored": 0, "champion": v1, "reason": "nothing new to score"}
     pd.testing.assert_frame_equal(_stored(store, config).loc[batch["row_id"]], rows)
 
     # A new champion scores only the rows that arrive after it; scored rows keep their version.
@@ -644,7 +644,7 @@ def test_score_writes_the_champions_predictions_once(fresh, config):
     promote(r, v2, "retrain")
     later = sim.batch(3).features
     store.add_observations(config.name, later, config.feature_names)
-    assert loop.score(config, run) == {"scored": 120, "champion": v2}
+    assert loop.score(loop.Context.open(config), run) == {"scored": 120, "champion": v2}
     stored = _stored(store, config)
     pd.testing.assert_frame_equal(stored.loc[batch["row_id"]], rows)
     new_rows = stored.loc[later["row_id"]]
@@ -658,12 +658,12 @@ def test_score_without_a_champion_writes_nothing(fresh, config):
     store.add_observations(config.name, batch, config.feature_names)
     run = loop.RunInfo("score-run")
 
-    assert loop.score(config, run) == {"scored": 0, "reason": "no champion yet"}  # no registered model
+    assert loop.score(loop.Context.open(config), run) == {"scored": 0, "reason": "no champion yet"}  # no registered model
 
     # A challenger is not a champion.
     [v1] = make_versions(1, name=config.name)
     open_registry(config.name).mark_challenger(v1, {}, run_id="train", actor=None)
-    assert loop.score(config, run) == {"scored": 0, "reason": "no champion yet"}
+    assert loop.score(loop.Context.open(config), run) == {"scored": 0, "reason": "no champion yet"}
 
     rows = store.load(config.name, config.feature_names)
     assert len(rows) == 40

@@ -7,13 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ml.config import TriggerPolicy
+from ml.policy import drift_onset
 from ml.triggers import (
     BRANCH_FOR_KIND,
-    MIN_ROWS_FOR_PERFORMANCE,
     Decision,
     TriggerInputs,
     decide,
-    drift_onset,
 )
 
 QUIET = {
@@ -185,11 +184,11 @@ def test_floor_and_drop_both_reported():
 
 
 def test_performance_needs_min_rows():
-    few = MIN_ROWS_FOR_PERFORMANCE - 1
+    few = policy().min_live_rows - 1
     assert decide(policy(), facts(live_metric=0.3, live_rows=few)).kind == "none"
-    enough = decide(policy(), facts(live_metric=0.3, live_rows=MIN_ROWS_FOR_PERFORMANCE))
+    enough = decide(policy(), facts(live_metric=0.3, live_rows=policy().min_live_rows))
     assert enough.kind == "threshold"
-    assert f"(n={MIN_ROWS_FOR_PERFORMANCE})" in enough.reasons[0]
+    assert f"(n={policy().min_live_rows})" in enough.reasons[0]
 
 
 # ---- event --------------------------------------------------------------------------------------
@@ -463,3 +462,20 @@ def test_relative_drop_against_the_served_level_names_it():
 def test_bad_drop_reference_is_refused():
     with pytest.raises(ValueError, match="drop_reference"):
         policy(drop_reference="holdout")
+
+
+def test_live_metric_minimum_is_a_setting():
+    assert decide(policy(min_live_rows=10), facts(live_metric=0.3, live_rows=10)).kind == "threshold"
+    assert decide(policy(min_live_rows=11), facts(live_metric=0.3, live_rows=10)).kind == "none"
+
+
+def test_drift_retrain_waits_until_the_onset_has_enough_rows_to_train():
+    # Enough labels for min_new_labels, too few for a training window: held back (not trained and
+    # failed, which would leave no record and so no drift history for the next run).
+    onset = datetime(2026, 1, 5, tzinfo=UTC)
+    held = decide(policy(min_new_labels=0), facts(drift_share=0.55, drift_onset=onset, labels_after_onset=24,
+                                                  min_train_rows=50))
+    assert held.kind == "none" and "24 labelled rows from after it can train a model, 50 needed" in held.held_back[0]
+    ready = decide(policy(min_new_labels=0), facts(drift_share=0.55, drift_onset=onset, labels_after_onset=50,
+                                                   min_train_rows=50))
+    assert ready.kind == "threshold"

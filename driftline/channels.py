@@ -1,6 +1,6 @@
 """New-labels events on the wire: the Redis pub/sub watcher the DAGs attach, and the two ways to send
 one (publish on Redis, or post an asset event through Airflow's REST API). The message format is
-:mod:`ml.events`.
+:mod:`ml.messages`.
 
 Redis is optional: with neither ``DRIFTLINE_REDIS_URL`` nor ``DRIFTLINE_REDIS_CONN_ID`` set, the
 assets get no watcher and nothing here imports the Redis provider (the embedded stack, tests).
@@ -13,7 +13,7 @@ import os
 import urllib.parse
 from typing import Any
 
-from ml import events as messages
+from ml import messages
 
 CONN_ID = "driftline_redis"
 # How often the watcher looks for a message it has not read yet (seconds).

@@ -9,7 +9,7 @@ import time
 import pytest
 from helpers import require_service
 
-from ml import events
+from ml import messages as events
 
 MODEL = "credit_default"
 
@@ -77,16 +77,16 @@ def test_record_asset_events_stores_each_once(home, config):
     from ml.store import Store
 
     extra = {"from_trigger": True, "payload": {"data": json.dumps({"rows": 120, "key": "k-1"})}}
-    assert loop.record_asset_events(config, [{"extra": extra, "timestamp": "2026-03-01T10:00:00Z"}]) == 1
-    assert loop.record_asset_events(config, [{"extra": extra, "timestamp": "2026-03-01T10:00:00Z"}]) == 0
+    assert loop.record_asset_events(loop.Context.open(config), [{"extra": extra, "timestamp": "2026-03-01T10:00:00Z"}]) == 1
+    assert loop.record_asset_events(loop.Context.open(config), [{"extra": extra, "timestamp": "2026-03-01T10:00:00Z"}]) == 0
     pending = Store(f"sqlite:///{home / 'store.db'}").pending_events(MODEL)
     assert [(e["key"], e["rows"], e["payload"]["via"]) for e in pending] == [("k-1", 120, "redis")]
     with pytest.raises(events.EventError, match="'rows' is missing"):
-        loop.record_asset_events(config, [{"extra": {"key": "x", "from_rest_api": True}}])
+        loop.record_asset_events(loop.Context.open(config), [{"extra": {"key": "x", "from_rest_api": True}}])
 
 
 def test_redis_connection_and_watcher(monkeypatch):
-    from driftline import events as wire
+    from driftline import channels as wire
 
     conn = json.loads(wire.redis_connection("redis://:s3cret@cache.internal:6380/2"))
     assert conn == {"conn_type": "redis", "host": "cache.internal", "port": 6380, "password": "s3cret",
@@ -112,7 +112,7 @@ def test_redis_connection_and_watcher(monkeypatch):
 def test_publish_on_real_redis(monkeypatch):
     import redis
 
-    from driftline import events as wire
+    from driftline import channels as wire
 
     url = "redis://127.0.0.1:6379/0"
     try:

@@ -1,4 +1,4 @@
-"""Arguments of ``driftline replay`` (also ``python -m ml.replay``), kept apart from
+"""``driftline replay`` (also ``python -m driftline.replay_cli``): its arguments, kept apart from
 :mod:`ml.replay` so building the CLI's parser does not import pandas."""
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from ml.replay import ReplayError
 
-    parser = argparse.ArgumentParser(prog="python -m ml.replay", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="driftline replay", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)

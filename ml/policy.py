@@ -1,0 +1,64 @@
+"""Pure verdicts the loop's steps take, in one place: the DAG's tasks and the replay reach them
+only through :mod:`ml.loop`, so a policy change is written once.
+
+No I/O here: every function takes plain values (the model config, times, metrics) and returns one.
+The trigger decision itself is :func:`ml.triggers.decide`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from ml.config import ModelConfig
+
+
+def as_utc(value: Any) -> datetime:
+    """Any time value (ISO text, pandas or datetime, naive = UTC) as an aware UTC datetime."""
+    ts = pd.Timestamp(value)
+    return (ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")).to_pydatetime()
+
+
+def guard_verdict(config: ModelConfig, live: float, before: float) -> str:
+    """"rollback" when the champion's metric is worse than its predecessor's on the same rows by
+    more than ``rollback.allowed_drop``, else "keep"."""
+    worse_by = (before - live) if config.greater_is_better else (live - before)
+    return "rollback" if worse_by > config.rollback.allowed_drop else "keep"
+
+
+def training_start(config: ModelConfig, holdout_start: datetime, train_after: str | None) -> tuple[datetime, list[str]]:
+    """Start (exclusive) of a full retrain's window: ``windows.training`` before the holdout, or the
+    drift onset ``train_after`` when that is later (answering a drift episode: learn only from rows
+    after it began). Returns the start and a note when it was clipped."""
+    after = holdout_start - config.windows.training
+    if train_after:
+        onset = as_utc(train_after)
+        if onset > after:
+            return onset, [f"training window clipped to the drift onset {onset:%Y-%m-%d %H:%M}"]
+    return after, []
+
+
+def choose_outcome(evaluation: dict[str, Any], force: bool) -> str:
+    """"promote" when the gate passed, or when a person forced it; else "reject"."""
+    return "promote" if evaluation["verdict"] == "promote" or force else "reject"
+
+
+def drift_onset(
+    history: list[tuple[datetime, float | None]], now: tuple[datetime, float | None], threshold: float | None
+) -> datetime | None:
+    """Start of the drift episode that includes this check, or None if this check shows no drift.
+
+    ``history`` holds earlier checks as (start of their current window, drift share), oldest first;
+    ``now`` is this check. The episode is the unbroken run of checks at or above ``threshold``
+    ending with this one; its onset is the earliest of their window starts."""
+    if threshold is None or now[1] is None or now[1] < threshold:
+        return None
+    onset = now[0]
+    for start, share in reversed(history):
+        if share is None or share < threshold:
+            break
+        onset = min(onset, start)
+    return onset
+

@@ -1,0 +1,205 @@
+"""Service-level tests of the loop's steps (ml.loop) against the in-memory adapters (ml.memory):
+no SQLite, no MLflow, no Airflow. Each step takes its Context from the test, as from a DAG task."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml import loop
+from ml.memory import MemoryRegistry, MemoryStore, NullTracker
+from ml.settings import get_settings
+from ml.simulator import CreditDefaultSimulator
+from ml.validation import DataValidationError
+
+DAYS = 6
+
+
+@pytest.fixture(scope="module")
+def stream():
+    """Six days of the demo's stream: rows with their labels, known a day later."""
+    sim = CreditDefaultSimulator(seed=11, rows_per_period=300)
+    rows = []
+    for day in range(DAYS):
+        batch = sim.batch(day)
+        rows.append(batch.features.merge(batch.labels, on="row_id"))
+    return sim, pd.concat(rows, ignore_index=True).sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def context(config, frame: pd.DataFrame) -> loop.Context:
+    store = MemoryStore(frame, config.feature_names)
+    return loop.Context(config, get_settings(), store, MemoryRegistry(config.name, store), NullTracker())
+
+
+def upto(ctx: loop.Context, frame: pd.DataFrame, when: datetime) -> None:
+    """Rows stored so far: those with ts <= when."""
+    ctx.store.show(int((pd.to_datetime(frame["ts"], utc=True) <= pd.Timestamp(when)).sum()))
+
+
+def run(step: int, **params) -> loop.RunInfo:
+    return loop.RunInfo(f"test/{step}", actor="tester", params=params)
+
+
+def test_a_whole_cycle_trains_gates_and_promotes_the_first_champion(config, stream):
+    sim, frame = stream
+    ctx = context(config, frame)
+    upto(ctx, frame, sim.period_start(DAYS))
+    out = loop.run_cycle(ctx, run(1))
+    assert out["decision"]["kind"] == "time" and out["decision"]["branch"] == "retrain_on_schedule"
+    assert out["candidate"]["version"] == 1 and out["promote"]["action"] == "promoted"
+    assert ctx.registry.champion() == 1
+    info = ctx.registry.info(1)
+    assert info.tag("verdict") == "promoted" and info.tag("trigger") == "time"
+    # The holdout is the newest labelled day; training ends where it starts.
+    assert pd.Timestamp(info.tag("data_end")) <= pd.Timestamp(out["windows"]["as_of"]) - config.windows.holdout
+    assert [e["action"] for e in ctx.store.audit_log(config.name)] == ["registered", "promoted", "run"]
+
+
+def test_scoring_files_predictions_under_the_version_it_loaded(config, stream):
+    sim, frame = stream
+    ctx = context(config, frame)
+    upto(ctx, frame, sim.period_start(DAYS - 1))
+    loop.run_cycle(ctx, run(1))
+    upto(ctx, frame, sim.period_start(DAYS))
+    unscored = len(ctx.store.load(config.name, config.feature_names, unscored_only=True))
+    assert loop.score(ctx, run(2)) == {"scored": unscored, "champion": 1}
+    served = ctx.store.load(config.name, config.feature_names, version=1)
+    assert len(served) == unscored and served["prediction"].notna().all()
+
+
+def test_check_drift_uses_the_as_of_validate_windows_pinned(config, stream):
+    sim, frame = stream
+    ctx = context(config, frame)
+    upto(ctx, frame, sim.period_start(DAYS - 2))
+    windows = loop.validate_windows(ctx, run(1))
+    upto(ctx, frame, sim.period_start(DAYS))  # rows ingested between the two steps (or before a retry)
+    check = loop.check_drift(ctx, run(1), windows, keep_report=False)
+    assert check["as_of"] == windows["as_of"]
+    assert pd.Timestamp(check["as_of"]) < sim.period_start(DAYS - 2) + timedelta(seconds=1)
+
+
+def test_force_without_a_reason_is_a_user_error():
+    with pytest.raises(loop.ParamError, match="needs a 'reason'"):
+        loop.check_params({"force": True})
+    assert issubclass(loop.ParamError, loop.USER_ERRORS)
+
+
+def test_too_few_rows_to_train_fails_the_run_with_the_setting_named(config, stream):
+    sim, frame = stream
+    strict = config.model_copy(update={"training": config.training.model_copy(update={"min_rows": 10**6})})
+    ctx = context(strict, frame)
+    upto(ctx, frame, sim.period_start(DAYS))
+    trace: dict = {}
+    with pytest.raises(DataValidationError, match="at least 1000000 needed"):
+        loop.run_cycle(ctx, run(1), trace=trace)
+    assert "decision" in trace and "record" not in trace  # a failed run writes no record
+    assert ctx.registry.exists() is False or ctx.registry.champion() is None
+
+
+def test_facts_know_when_a_candidate_was_last_rejected(config, stream):
+    sim, frame = stream
+    ctx = context(config, frame)
+    store = ctx.store
+    assert loop._last_rejection_time(ctx) is None
+    for version, day in ((1, 3), (2, 5), (3, 9)):
+        store.audit(config.name, "registered", version=version, details={"data_time": f"2026-01-0{day}T00:00:00+00:00"})
+    store.audit(config.name, "promoted", version=1)
+    store.audit(config.name, "rejected", version=2)
+    assert loop._last_rejection_time(ctx) == pd.Timestamp("2026-01-05", tz="UTC")
+    store.audit(config.name, "promoted", version=3)  # the newest candidate won: v2 stays the last rejection
+    assert loop._last_rejection_time(ctx) == pd.Timestamp("2026-01-05", tz="UTC")
+
+
+def test_served_baseline_reads_the_champions_first_day(config, stream):
+    from ml.evaluation import compute_metric
+
+    sim, frame = stream
+    served_cfg = config.model_copy(update={
+        "triggers": config.triggers.model_copy(update={"drop_reference": "served"}),
+        "rollback": config.rollback.model_copy(update={"min_labelled_rows": 200}),
+    })
+    ctx = context(served_cfg, frame)
+    upto(ctx, frame, sim.period_start(3))
+    rng = np.random.default_rng(0)
+    rows = ctx.store.load(config.name, config.feature_names)
+    day = ((rows["ts"] - pd.Timestamp(sim.period_start(0))) // pd.Timedelta(days=1)).to_numpy()
+    labels = frame.set_index("row_id")["label"].reindex(rows["row_id"]).to_numpy().astype(int)
+    # v1 served day 0, v2 days 1 and 2, with scores that are informative on day 1 only.
+    score = np.where(day == 1, np.clip(labels * 0.6 + rng.uniform(0, 0.4, len(rows)), 0, 1), rng.uniform(size=len(rows)))
+    for version, mask in ((1, day == 0), (2, day >= 1)):
+        ctx.store.record_predictions(config.name, pd.DataFrame({"row_id": rows["row_id"][mask], "prediction": (
+            score[mask] > 0.5).astype(int), "score": score[mask]}), version=version, scored_at=datetime.now(UTC))
+    champion = loop.ChampionInfo(version=2, data_start=None, data_end=None, metric=0.9, promoted_at=None, previous=1)
+    as_of = sim.period_start(3)
+    value, n = loop._served_baseline(ctx, champion, as_of)
+    day1 = ctx.store.load(config.name, config.feature_names, version=2, labelled_only=True, labelled_until=as_of,
+                          ts_until=sim.period_start(2))
+    assert n == len(day1) >= served_cfg.rollback.min_labelled_rows
+    assert value == pytest.approx(compute_metric("roc_auc", day1["label"].astype(int), None,
+                                                 day1["score"].to_numpy(dtype=float))) and value > 0.9
+    # With the policy's default (the evaluation at promotion) nothing is read.
+    assert loop._served_baseline(context(config, frame), champion, as_of) == (None, 0)
+
+
+def test_memory_store_answers_as_the_sql_store(tmp_path, config, stream):
+    """The replay's store and the DAG's store give the same rows for the same questions."""
+    from ml.store import Store
+
+    sim, frame = stream
+    sql = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    upto_ts = sim.period_start(4)
+    stored = frame[pd.to_datetime(frame["ts"], utc=True) <= pd.Timestamp(upto_ts)]
+    sql.add_observations(config.name, stored, config.feature_names)
+    sql.add_labels(config.name, stored[["row_id", "label", "labelled_at"]])
+    memory = MemoryStore(frame, config.feature_names)
+    memory.show(len(stored))
+    known = sim.period_start(3) + timedelta(hours=5)
+    for kwargs in ({}, {"labelled_until": known}, {"labelled_only": True, "labelled_until": known},
+                   {"ts_after": sim.period_start(1), "ts_until": sim.period_start(2)},
+                   {"labelled_after": sim.period_start(2), "labelled_until": known, "labelled_only": True}):
+        a = sql.load(config.name, config.feature_names, **kwargs)
+        b = memory.load(config.name, config.feature_names, **kwargs)
+        assert list(a["row_id"]) == list(b["row_id"]), kwargs
+        def labels(f: pd.DataFrame) -> list:
+            return [None if pd.isna(v) else int(v) for v in f["label"]]
+
+        assert labels(a) == labels(b), kwargs
+    assert sql.latest_ts(config.name) == memory.latest_ts(config.name)
+    assert sql.latest_labelled_ts(config.name, known) == memory.latest_labelled_ts(config.name, known)
+    assert sql.count_labels(config.name, ts_after=sim.period_start(1), known_at=known) == memory.count_labels(
+        config.name, ts_after=sim.period_start(1), known_at=known)
+
+
+def test_scoring_loads_the_version_it_read_even_if_the_alias_moves_meanwhile(config, stream):
+    from ml.ports import LoggedModel
+    from ml.training import fit_full, predict
+
+    sim, frame = stream
+    ctx = context(config, frame)
+    upto(ctx, frame, sim.period_start(DAYS - 1))
+    loop.run_cycle(ctx, run(1))
+    v1 = ctx.registry.champion()
+    labelled = frame[frame["ts"] < sim.period_start(2)]
+    other = fit_full(config.model_copy(update={"estimator": config.estimator.model_copy(
+        update={"params": {"C": 0.001, "max_iter": 500}})}), labelled)
+    v2 = ctx.registry.register(LoggedModel("memory", "other", None, None, other))
+    registry = ctx.registry
+    read = registry.champion
+
+    def champion_then_promote() -> int | None:
+        # A promotion lands right after the scoring step read the champion.
+        version = read()
+        registry.champion = read
+        registry.promote(v2, run_id="race", actor="other run", reasons=["race"])
+        return version
+
+    registry.champion = champion_then_promote
+    upto(ctx, frame, sim.period_start(DAYS))
+    result = loop.score(ctx, run(2))
+    assert result["champion"] == v1 and registry.champion() == v2
+    served = ctx.store.load(config.name, config.feature_names, version=v1)
+    want, _ = predict(config, registry.load_model(v1), served)
+    assert len(served) == result["scored"] and list(served["prediction"]) == list(want)
