@@ -6,15 +6,18 @@ Per model ``<m>``:
 - ``<m>_score``: batch-score new rows with ``models:/<m>@champion``
 - ``<m>_new_labels``: announce that labelled rows arrived; its Asset event starts continuous training
 
-Every task body is one call into ``ml.loop``: this file only wires. A bad model YAML fails here, at
-parse time, with the file, field and problem in the DAG import error.
+Every task body is one call into ``ml.loop`` with the context the task builds: this file only
+wires. A bad model YAML is refused at parse time: its DAGs are replaced by ``<file>_config_error``,
+whose page and failing task show the file, field and problem; the other models' DAGs stay.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from functools import cache
+from pathlib import Path
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import (
@@ -33,9 +36,11 @@ from airflow.sdk.exceptions import AirflowFailException
 from driftline import channels
 from driftline.lazy import lazy_import
 from ml import links, messages
-from ml.config import ModelConfig, format_duration, load_all
+from ml.config import ModelConfig, format_duration, load_models
 from ml.settings import get_settings
 from ml.triggers import BRANCH_FOR_KIND, BRANCHES
+
+log = logging.getLogger("driftline")
 
 # The DAG processor re-parses this file every 30 s and every task process parses it again: leave
 # ml.loop (pandas, scikit-learn, MLflow) to the first task that calls into it.
@@ -344,6 +349,28 @@ def build_new_labels(cfg: ModelConfig):
     return new_labels()
 
 
-for _cfg in load_all(get_settings().models_dir):
+def build_config_error(path: str, error: str):
+    """A bad model YAML gets this in place of its DAGs: one team's typo must not take every other
+    model's DAGs (their rollbacks among them) down with it, and the error stays in sight."""
+    stem = "".join(c if c.isalnum() or c == "_" else "_" for c in Path(path).stem)
+
+    @dag(dag_id=f"{stem}_config_error", schedule=None, catchup=False, tags=["driftline", "config-error"],
+         doc_md=f"### `{Path(path).name}` cannot be loaded\n\n```\n{error}\n```\n\nFix the file; its DAGs "
+                "come back at the next parse.", default_args={"owner": "driftline", "retries": 0})
+    def config_error():
+        @task
+        def explain() -> None:
+            raise AirflowFailException(error)
+
+        explain()
+
+    return config_error()
+
+
+_configs, _errors = load_models(get_settings().models_dir)
+for _cfg in _configs:
     for _build in (build_continuous_training, build_rollback, build_score, build_new_labels):
         _build(_cfg)
+for _path, _error in _errors.items():
+    log.error("model config %s: %s", _path, _error)
+    build_config_error(_path, _error)

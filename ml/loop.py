@@ -336,7 +336,8 @@ def check_drift(ctx: Context, run: RunInfo, windows: dict[str, Any], *, keep_rep
         reference, current, config.features,
         num_method=config.triggers.num_method, cat_method=config.triggers.cat_method,
         prediction_column="score" if config.triggers.prediction_drift else None,
-        report_path=report_path,
+        report_path=report_path, title=f"{config.name}: drift as of {as_of:%Y-%m-%d %H:%M} UTC",
+        drift_share_threshold=config.triggers.drift_share,
     )
     # Newly labelled rows: labels that arrived within the current span, with what was predicted then.
     fresh = ctx.store.load(

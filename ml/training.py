@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -146,7 +145,3 @@ def data_window(frame: pd.DataFrame, config: ModelConfig) -> DataWindow:
         end=pd.Timestamp(frame["ts"].max()).isoformat(),
         content_hash=hashlib.sha256(hashed.tobytes()).hexdigest()[:16],
     )
-
-
-def config_json(config: ModelConfig) -> str:
-    return json.dumps(config.snapshot(), indent=2, sort_keys=True, default=str)

@@ -87,13 +87,18 @@ def test_hand_trigger_params_explain_themselves():
     assert bag.dags[CT].params.get_param("strategy").schema["enum"] == ["config", "full", "incremental"]
 
 
-def test_bad_model_yaml_fails_at_parse_time_naming_file_and_field(tmp_path, monkeypatch):
-    text = (ROOT / "models" / "credit_default.yaml").read_text().replace("metric: roc_auc", "metric: mae")
-    (tmp_path / "credit_default.yaml").write_text(text)
+def test_bad_model_yaml_fails_at_parse_time_naming_file_and_field_and_spares_the_others(tmp_path, monkeypatch):
+    good = (ROOT / "models" / "credit_default.yaml").read_text()
+    (tmp_path / "credit_default.yaml").write_text(good)
+    bad = good.replace("name: credit_default", "name: broken").replace("metric: roc_auc", "metric: mae")
+    (tmp_path / "broken.yaml").write_text(bad)
     bag = _dagbag(tmp_path, monkeypatch)
-    assert not bag.dags
-    message = " ".join(str(v) for v in bag.import_errors.values())
-    assert "credit_default.yaml" in message and "promotion.metric" in message and "mae" in message
+    assert bag.import_errors == {}
+    # The good model keeps every DAG, its rollback among them; the bad file gets one that says why.
+    assert {f"{MODEL}_{s}" for s in ("continuous_training", "rollback", "score", "new_labels")} <= set(bag.dags)
+    assert not any(d.startswith("broken_") and d != "broken_config_error" for d in bag.dags)
+    message = bag.dags["broken_config_error"].doc_md
+    assert "broken.yaml" in message and "promotion.metric" in message and "mae" in message
 
 
 # ---- integration: the scripted scenario through real DAG runs -----------------------------------

@@ -97,6 +97,7 @@ def _check_up_and_down(up: Up, ports: tuple[int, int], timeout: float) -> None:
     assert all(port_free(p) for p in ports), f"ports {ports} still held after driftline up stopped"
 
 
+@pytest.mark.integration  # boots airflow standalone and an MLflow server
 def test_up_serves_both_uis_and_ctrl_c_stops_them(tmp_path):
     from driftline.stack import free_port
 
