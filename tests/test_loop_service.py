@@ -100,7 +100,7 @@ def test_too_few_rows_to_train_fails_the_run_with_the_setting_named(config, stre
 
 
 def test_facts_know_when_a_candidate_was_last_rejected(config, stream):
-    sim, frame = stream
+    _, frame = stream
     ctx = context(config, frame)
     store = ctx.store
     assert loop._last_rejection_time(ctx) is None
