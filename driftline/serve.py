@@ -7,6 +7,7 @@ as a factory), so ``--workers N`` gives N processes that each follow the alias a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ def create_app(
         follower = AliasFollower(registry, holder, poll_seconds=poll_seconds)
         state["follower"] = follower
         writer.start()
+        service.start()
         await run_in_threadpool(follower.check_once)  # serve at once if a blessed champion exists
         follower.start()
         log.info("serving %s on %s (store %s, poll every %g s)", config.name,
@@ -74,6 +76,7 @@ def create_app(
         finally:
             # uvicorn has stopped taking requests and let the running ones finish: flush what they queued.
             follower.stop()
+            await run_in_threadpool(service.stop)
             await run_in_threadpool(writer.close)
             log.info("stopped: %s", json.dumps(writer.describe()))
 
@@ -89,8 +92,9 @@ def create_app(
             return JSONResponse({"detail": [{"loc": ["body"], "msg": f"not valid JSON: {exc}",
                                              "type": "json_invalid"}]}, status_code=422)
         try:
-            # Scoring is CPU work: keep it off the event loop so /health answers during a burst.
-            answer = await run_in_threadpool(service.predict, payload, received_at)
+            # Validation off the event loop (a 1000-row body takes a while); scoring on the scorer thread.
+            future = await run_in_threadpool(service.submit, payload, received_at)
+            answer = await asyncio.wrap_future(future)
         except RequestError as exc:
             return JSONResponse({"detail": exc.errors}, status_code=422)
         except NotReady as exc:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import and_, select
 
@@ -580,6 +581,28 @@ class NotReady(RuntimeError):
     """No blessed version loaded yet."""
 
 
+def predict_once(config: ModelConfig, model: Any, frame: pd.DataFrame) -> tuple[Any, Any]:
+    """``ml.training.predict``'s answer with the preprocessing run once instead of twice: for a
+    Pipeline, ``predict`` and ``predict_proba`` are the final step on the same transformed rows, and
+    on small requests the pipeline's per-call cost (about 5 ms here) dominates. Same numbers: the
+    tests compare with ``ml.training.predict``."""
+    from sklearn.pipeline import Pipeline
+
+    from ml.training import predict
+
+    if not isinstance(model, Pipeline) or len(model.steps) < 2:
+        return predict(config, model, frame)
+    head, final = model[:-1], model.steps[-1][1]
+    transformed = head.transform(frame[config.feature_names])
+    prediction = np.asarray(final.predict(transformed))
+    score = None
+    if config.task == "classification" and len(config.target.labels or []) == 2 and hasattr(final, "predict_proba"):
+        classes = list(final.classes_)
+        if config.positive_label in classes:
+            score = np.asarray(final.predict_proba(transformed))[:, classes.index(config.positive_label)]
+    return prediction, score
+
+
 class ScoringService:
     """Validation, scoring with the current model, and the hand-off to the writer.
 
@@ -647,8 +670,6 @@ class ScoringService:
                 return
 
     def _score(self, batch: list[tuple[pd.DataFrame, datetime, Future]]) -> None:
-        from ml.training import predict
-
         served = self.holder.current  # read once: the whole batch is answered by this version
         if served is None:
             for _, _, future in batch:
@@ -656,7 +677,7 @@ class ScoringService:
             return
         try:
             frame = pd.concat([f for f, _, _ in batch], ignore_index=True) if len(batch) > 1 else batch[0][0]
-            prediction, score = predict(self.config, served.model, frame)
+            prediction, score = predict_once(self.config, served.model, frame)
         except Exception:  # one request the model chokes on must not fail the others
             if len(batch) > 1:
                 for item in batch:

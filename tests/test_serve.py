@@ -243,8 +243,9 @@ def _check_stored(world: World, stored: pd.DataFrame, answered: dict[str, dict])
     for version in set(versions):
         keys = [k for k in answered if answered[k]["version"] == version]
         frame = pd.DataFrame([answered[k]["features"] for k in keys])
-        _, expected = predict(world.config, world.models[version], frame)
+        expected_prediction, expected = predict(world.config, world.models[version], frame)
         np.testing.assert_allclose([answered[k]["score"] for k in keys], expected, rtol=1e-9)
+        assert [answered[k]["prediction"] for k in keys] == expected_prediction.tolist()
 
 
 # ---- tests ----------------------------------------------------------------------------------------
