@@ -315,6 +315,30 @@ def test_only_a_promoted_version_is_served(world, servers):
     assert server.client.get("/model").json()["follower"]["refused"] == []
 
 
+def test_nothing_blessed_at_start_answers_503_until_a_promoted_version_appears(world, servers):
+    # The alias names a version that was never promoted: the service starts, but serves nothing.
+    world.registry.mark_challenger(2, {}, run_id="train-v2", actor="test")
+    world.registry.client.set_registered_model_alias(world.config.name, CHAMPION, "2")
+    server = servers()
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            health = server.client.get("/health")
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and server.proc.poll() is None, server.log()
+            time.sleep(0.2)
+    assert health.status_code == 503 and health.json()["version"] is None
+    answer = server.client.post("/predict", json={"rows": [_row(world, "too-early")]})
+    assert answer.status_code == 503 and "no blessed" in answer.json()["detail"]
+    world.registry.set_tags(2, {"verdict": "promoted"})
+    assert server.wait_ready(timeout=3 * POLL + 10)["version"] == 2
+    answer = server.client.post("/predict", json={"rows": [_row(world, "in-time")]})
+    assert answer.status_code == 200 and answer.json()["version"] == 2
+    assert server.stop() == 0
+    assert list(_stored(world.registry.store, world.config).index) == ["in-time"]
+
+
 def _row(world: World, key: str, **override) -> dict:
     values = world.rows.drop(columns=["row_id", "ts"]).iloc[0].to_dict()
     return {"key": key, **{k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}, **override}
