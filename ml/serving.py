@@ -370,9 +370,14 @@ class Spool:
         self.folder = folder
         self.model = model
         folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{model}.{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-        self._handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the process's life)
+        name = f"{model}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Locked under a name adoption does not look at, then renamed (same inode, same lock): a sibling
+        # worker starting at the same moment never adopts, and unlinks, a spool that is in use.
+        creating = folder / f".{name}.new"
+        self._handle = open(creating, "a+", encoding="utf-8")  # noqa: SIM115 (held for the process's life)
         fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.path = folder / f"{name}.jsonl"
+        creating.rename(self.path)
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         self._handle.write(json.dumps(rows, default=str) + "\n")

@@ -251,9 +251,15 @@ def _check_stored(world: World, stored: pd.DataFrame, answered: dict[str, dict])
 # ---- tests ----------------------------------------------------------------------------------------
 
 
-def test_hot_swap_under_load_zero_failures_and_every_row_stored_under_its_version(world, servers):
-    server = servers()
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hot_swap_under_load_zero_failures_and_every_row_stored_under_its_version(world, servers, workers):
+    # With 2 uvicorn workers each process follows the alias and writes on its own.
+    server = servers(args=["--workers", str(workers)])
     assert server.wait_ready()["version"] == 1
+    deadline = time.monotonic() + 60
+    while server.log().count("Application startup complete") < workers:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.2)
     described = server.client.get("/model").json()
     assert described["version"] == 1 and described["alias"] == CHAMPION
     assert described["trained_on"]["start"].startswith("2026-01-01")
@@ -281,7 +287,7 @@ def test_hot_swap_under_load_zero_failures_and_every_row_stored_under_its_versio
         seen = [a["body"]["version"] for a in answers if a["thread"] == t]
         assert seen == sorted(seen) and set(seen) == {1, 2}, seen
     latencies = sorted(a["done"] - a["sent"] for a in answers)
-    print(f"\n{len(answers)} requests, swap seen after {swap_seconds:.2f} s, "
+    print(f"\n{workers} worker(s): {len(answers)} requests, swap seen after {swap_seconds:.2f} s, "
           f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
 
     answered = _answered_rows(answers)
