@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test up bench lint clean
+.PHONY: install demo test unit up bench lint clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier: no live Airflow runs, browser, production stack or PostgreSQL (a few minutes).
+unit: install
+	$(BIN)/python -m pytest -m "not integration and not browser and not production and not postgres" $(PYTEST_ARGS)
 
 # CELERY=1 (make up CELERY=1, or in the environment): the production stack instead of the embedded one.
 up: install

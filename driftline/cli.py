@@ -269,19 +269,19 @@ def _rollback_line(entry: dict) -> str:
 
 def _cmd_publish_labels(args: argparse.Namespace) -> int:
     """A new-labels event for a live Airflow: on Redis (the asset's watcher starts the run) or as an
-    asset event through the REST API. Message format: ml/events.py and the README."""
-    from driftline import events
+    asset event through the REST API. Message format: ml/messages.py and the README."""
+    from driftline import channels
 
     if args.via == "redis":
-        message, listeners = events.publish_redis(args.model, args.rows, key=args.key, source=args.source)
-        print(json.dumps({"via": "redis", "channel": events.messages.channel(args.model), "listeners": listeners,
+        message, listeners = channels.publish_redis(args.model, args.rows, key=args.key, source=args.source)
+        print(json.dumps({"via": "redis", "channel": channels.messages.channel(args.model), "listeners": listeners,
                           "message": message}, indent=2))
         if listeners == 0:
             print("driftline: nobody listens on that channel (is the triggerer up with DRIFTLINE_REDIS_URL "
                   "set?); pub/sub keeps nothing, so no run will start. Try --via rest.", file=sys.stderr)
             return 1
         return 0
-    message, answer = events.publish_rest(args.model, args.rows, key=args.key, source=args.source)
+    message, answer = channels.publish_rest(args.model, args.rows, key=args.key, source=args.source)
     print(json.dumps({"via": "rest", "asset_event_id": answer.get("id"), "message": message}, indent=2))
     return 0
 
@@ -301,7 +301,7 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from ml.replay_cli import run_from_args
+    from driftline.replay_cli import run_from_args
 
     return run_from_args(args)
 
@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--flush-seconds", type=float, default=0.2,
                        help="how long predictions queue before one store write")
     serve.set_defaults(func=_cmd_serve)
-    from ml.replay_cli import DESCRIPTION as REPLAY_DESCRIPTION
-    from ml.replay_cli import add_arguments as replay_arguments
+    from driftline.replay_cli import DESCRIPTION as REPLAY_DESCRIPTION
+    from driftline.replay_cli import add_arguments as replay_arguments
 
     replay = sub.add_parser("replay", help="replay a time-ordered CSV through Driftline's decisions and baselines",
                             description=REPLAY_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
