@@ -19,6 +19,8 @@ import yaml
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ml.alerts import EVENTS as ALERT_EVENTS
+from ml.alerts import check_webhook_url
 from ml.settings import estimator_modules
 
 # Columns the store adds to every window; a feature may not take one of these names.
@@ -439,6 +441,73 @@ class RollbackGuard(_Strict):
     min_labelled_rows: int = Field(default=200, ge=1)
 
 
+_CONN_ID = re.compile(r"[A-Za-z0-9_.-]{1,250}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+class AlertsSpec(_Strict):
+    """Who is told when this model is promoted, rejected, rolled back, or a run fails. The task log
+    always gets one line per event in ``on``; the channels below are optional."""
+
+    on: tuple[str, ...] = ALERT_EVENTS
+    # A generic JSON POST (stdlib, no extra package); DRIFTLINE_ALERT_WEBHOOK when unset.
+    webhook: str | None = None
+    # An Airflow connection (its secret stays in Airflow): apache-airflow-providers-slack's notifier.
+    slack_conn_id: str | None = None
+    # Addresses for apache-airflow-providers-smtp's notifier, through smtp_conn_id (Airflow's default).
+    email: tuple[str, ...] = ()
+    smtp_conn_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean true: take it back as the field it meant.
+        if isinstance(data, dict) and any(key is True for key in data):
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
+    @field_validator("on", "email", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("on")
+    @classmethod
+    def _known_events(cls, events: tuple[str, ...]) -> tuple[str, ...]:
+        for event in events:
+            if event not in ALERT_EVENTS:
+                close = difflib.get_close_matches(str(event), ALERT_EVENTS, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"unknown event '{event}'{hint}; the events are {list(ALERT_EVENTS)}")
+        return tuple(dict.fromkeys(events))
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_webhook_url(url)
+
+    @field_validator("slack_conn_id", "smtp_conn_id")
+    @classmethod
+    def _conn_id(cls, conn_id: str | None) -> str | None:
+        if conn_id is not None and not _CONN_ID.fullmatch(conn_id):
+            raise ValueError(f"'{conn_id}' is not an Airflow connection id (letters, digits, '_', '-', '.')")
+        return conn_id
+
+    @field_validator("email")
+    @classmethod
+    def _addresses(cls, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in addresses if not _EMAIL.fullmatch(str(a))]
+        if bad:
+            raise ValueError(f"not e-mail addresses: {bad}")
+        return addresses
+
+    @model_validator(mode="after")
+    def _smtp_needs_email(self) -> AlertsSpec:
+        if self.smtp_conn_id and not self.email:
+            raise ValueError("smtp_conn_id: set 'email' (the addresses to send to) too")
+        return self
+
+
 class ModelConfig(_Strict):
     name: str
     description: str = ""
@@ -452,6 +521,7 @@ class ModelConfig(_Strict):
     triggers: TriggerPolicy = TriggerPolicy()
     promotion: PromotionGate = PromotionGate()
     rollback: RollbackGuard = RollbackGuard()
+    alerts: AlertsSpec = AlertsSpec()
     # Set by the loader: the YAML file this config came from.
     source: str | None = None
 
@@ -522,7 +592,7 @@ _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.DOTALL)
 
 def _field_names() -> frozenset[str]:
     models = (ModelConfig, FeatureSpec, TargetSpec, DataSpec, EstimatorSpec, TrainingSpec, WindowsSpec,
-              TriggerPolicy, PromotionGate, RollbackGuard)
+              TriggerPolicy, PromotionGate, RollbackGuard, AlertsSpec)
     names = {field.alias or name for model in models for name, field in model.model_fields.items()}
     return frozenset(names | {name for model in models for name in model.model_fields})
 
