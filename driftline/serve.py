@@ -43,6 +43,7 @@ def create_app(
         ScoringService,
     )
     from ml.settings import get_settings
+    from ml.store import Store
 
     _log_to_stderr()
     model = model or os.environ[ENV_MODEL]
@@ -59,10 +60,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # The follower only reads the registry; its store is for the locks and audit log of moves.
-        # None keeps a store outage at start-up from stopping the service.
-        registry = Registry(config.name, None, tracking.client(settings))  # type: ignore[arg-type]
-        follower = AliasFollower(registry, holder, poll_seconds=poll_seconds)
+        def registry() -> Registry:  # built at the first poll, and again at the next if the store is down
+            return Registry(config.name, Store(store_url), tracking.client(settings))
+
+        follower = AliasFollower(registry, holder, name=config.name, poll_seconds=poll_seconds)
         state["follower"] = follower
         writer.start()
         service.start()

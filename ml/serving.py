@@ -198,83 +198,124 @@ def unblessed_reason(info: VersionInfo) -> str | None:
     return None
 
 
+def _load_blessed(registry: Registry, version: int) -> Any:
+    """The registry's own check first where it has one (the audit log proves Driftline promoted the
+    version; tags anyone with MLflow access can set), then the load, by number."""
+    check = getattr(registry, "check_blessed", None)
+    if check is not None:
+        check(version, serving=True)
+    return registry.load_model(version)
+
+
+def _is_unblessed(exc: Exception) -> bool:
+    from ml import registry as reg
+
+    unblessed = getattr(reg, "UnblessedModelError", None)
+    return unblessed is not None and isinstance(exc, unblessed)
+
+
 class AliasFollower:
     """Polls ``alias`` every ``poll_seconds`` and swaps in the version it names, once it is loaded.
 
     The version is read once and everything after (tags, artifacts) is fetched by that number: a
     move of the alias in between cannot pair one version's number with another's model. A version
-    that is not blessed is refused and the old one stays; it is checked again at every poll (a
-    rollback tags the restored version just after moving the alias), but logged once."""
+    whose verdict tag is not ``promoted`` is refused and the old one stays; the tag is read again at
+    every poll (a rollback re-tags the version it restores just after moving the alias) and the
+    refusal logged once. Where the registry also checks its audit log before a load
+    (``Registry.check_blessed``), a refusal there, like a failed load, is retried after one poll, then
+    twice as long each time, up to a minute: a promotion writes its audit entry after it moves the
+    alias, and a forged tag must not write a refusal entry every poll."""
 
     def __init__(
         self,
-        registry: Registry,
+        registry: Registry | Callable[[], Registry],
         holder: ModelHolder,
         *,
+        name: str,
         alias: str = CHAMPION,
         poll_seconds: float = 2.0,
-        load: Callable[[int], Any] | None = None,
-        load_retry_seconds: float = 30.0,
+        max_backoff_seconds: float = 60.0,
     ) -> None:
-        self.registry = registry
+        # A factory is called (and retried) at the first poll: the registry needs the store, and a store
+        # that is down at start-up must not stop the service from starting.
+        self._registry = registry if isinstance(registry, Registry) else None
+        self._make_registry = None if isinstance(registry, Registry) else registry
         self.holder = holder
+        self.name = name
         self.alias = alias
         self.poll_seconds = poll_seconds
-        self._load = load or registry.load_model
-        self.load_retry_seconds = load_retry_seconds
+        self.max_backoff_seconds = max_backoff_seconds
         self.last_checked_at: datetime | None = None
         self.last_error: str | None = None
-        self.refused: dict[int, str] = {}  # version -> why (the newest refusals)
-        self._failed_loads: dict[int, float] = {}  # version -> monotonic time of the failed load
+        self.refused: dict[int, str] = {}  # version -> why (the newest refusal)
+        self._retry: dict[int, tuple[float, float]] = {}  # version -> (monotonic time of the next try, delay)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            assert self._make_registry is not None
+            self._registry = self._make_registry()
+        return self._registry
 
     def check_once(self) -> str:
         """One poll. Returns what happened: unchanged | loaded | refused | no_alias | error | waiting."""
         try:
-            version = self.registry.version_for(self.alias)
+            registry = self.registry
+            version = registry.version_for(self.alias)
             self.last_checked_at = datetime.now(UTC)
             current = self.holder.current
             if version is None:
                 return "no_alias"
             if current is not None and current.version == version:
                 return "unchanged"
-            failed_at = self._failed_loads.get(version)
-            if failed_at is not None and time.monotonic() - failed_at < self.load_retry_seconds:
+            retry = self._retry.get(version)
+            if retry is not None and time.monotonic() < retry[0]:
                 return "waiting"
-            info = self.registry.info(version)
+            info = registry.info(version)
             reason = unblessed_reason(info)
             if reason is not None:
-                if self.refused.get(version) != reason:
-                    log.warning("%s@%s is v%s, which is not served: %s; still serving %s", self.registry.name,
-                                self.alias, version, reason, f"v{current.version}" if current else "nothing")
-                self.refused = {version: reason}
+                self._refuse(version, reason, current)
                 return "refused"
             started = time.monotonic()
             try:
-                model = self._load(version)  # by number: the alias may have moved since we read it
-            except Exception:
-                self._failed_loads[version] = time.monotonic()
+                model = _load_blessed(registry, version)  # by number: the alias may have moved since
+            except Exception as exc:
+                self._back_off(version)
+                if _is_unblessed(exc):
+                    self._refuse(version, str(exc), current)
+                    return "refused"
                 raise
             served = ServedModel(
-                name=self.registry.name, version=version, alias=self.alias, model=model,
+                name=self.name, version=version, alias=self.alias, model=model,
                 loaded_at=datetime.now(UTC), data_start=info.tag("data_start"), data_end=info.tag("data_end"),
                 verdict=info.tag("verdict"),
             )
             old = self.holder.swap(served)
             self.refused = {}
-            self._failed_loads.pop(version, None)
+            self._retry.pop(version, None)
             self.last_error = None
-            log.info("now serving %s v%s (was %s; loaded in %.2f s)", self.registry.name, version,
+            log.info("now serving %s v%s (was %s; loaded in %.2f s)", self.name, version,
                      f"v{old.version}" if old else "nothing", time.monotonic() - started)
             return "loaded"
         except Exception as exc:  # noqa: BLE001 (registry or artifact store down: keep serving, retry)
             message = f"{type(exc).__name__}: {exc}"
             if message != self.last_error:
-                log.error("checking %s@%s failed (still serving what was loaded): %s",
-                          self.registry.name, self.alias, message)
+                log.error("checking %s@%s failed (still serving what was loaded): %s", self.name, self.alias, message)
             self.last_error = message
             return "error"
+
+    def _refuse(self, version: int, reason: str, current: ServedModel | None) -> None:
+        if self.refused.get(version) != reason:
+            log.warning("%s@%s is v%s, which is not served: %s; still serving %s", self.name, self.alias,
+                        version, reason, f"v{current.version}" if current else "nothing")
+        self.refused = {version: reason}
+
+    def _back_off(self, version: int) -> None:
+        _, delay = self._retry.get(version, (0.0, self.poll_seconds / 2))
+        delay = min(self.max_backoff_seconds, delay * 2)
+        self._retry[version] = (time.monotonic() + delay, delay)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"follow-{self.alias}", daemon=True)

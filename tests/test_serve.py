@@ -57,14 +57,17 @@ class World:
 def _log_version(name: str, model: object, data: pd.DataFrame) -> int:
     tracking.client()
     experiment = tracking.ensure_experiment(name)
-    with mlflow.start_run(experiment_id=experiment):
+    with mlflow.start_run(experiment_id=experiment) as run:
         info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
                                         serialization_format="cloudpickle", pip_requirements=["scikit-learn"])
     version = int(info.registered_model_version)
     settings = get_settings()
-    Registry(name, Store(settings.store_url), tracking.client(settings)).set_tags(
-        version, {"data_start": data["ts"].min().isoformat(), "data_end": data["ts"].max().isoformat()}
-    )
+    registry = Registry(name, Store(settings.store_url), tracking.client(settings))
+    registry.set_tags(version, {"data_start": data["ts"].min().isoformat(), "data_end": data["ts"].max().isoformat()})
+    # What train_candidate's registration leaves in the audit log, which a registry that checks lineage
+    # before a load (Registry.check_blessed) looks for.
+    registry.store.audit(name, "registered", version=version,
+                         details={"mlflow_run_id": run.info.run_id, "model_source": registry.info(version).source})
     return version
 
 
@@ -74,7 +77,12 @@ def _promote(registry: Registry, version: int) -> None:
 
 @pytest.fixture
 def world(home, config) -> World:
-    """v1 (champion), v2 and v3 registered; each learned a different window, so their scores differ."""
+    return _world(config)
+
+
+def _world(config) -> World:
+    """v1 (champion), v2 and v3 registered; each learned a different window, so their scores differ.
+    The registry's store (locks, audit log) is the model's store, as the server's is."""
     sim = CreditDefaultSimulator(seed=0, rows_per_period=150)
     models = {}
     for periods in ([0, 1], [2, 3], [4, 5]):
@@ -312,13 +320,27 @@ def test_only_a_promoted_version_is_served(world, servers):
     assert answer.status_code == 200 and answer.json()["version"] == 1
     assert "not served" in server.log() and "v2" in server.log()
 
-    # Blessed afterwards (as a rollback tags the version it restores just after moving the alias).
-    world.registry.set_tags(2, {"verdict": "promoted"})
-    deadline = time.monotonic() + 3 * POLL + 10
-    while server.client.get("/model").json()["version"] != 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert server.client.get("/model").json()["version"] == 2
+    # Driftline promotes v3 over it: tags, audit entry, alias; served within a few polls.
+    _promote(world.registry, 3)
+    _wait_version(server, 3)
     assert server.client.get("/model").json()["follower"]["refused"] == []
+
+    if hasattr(Registry, "check_blessed"):
+        # A registry that checks its audit log: a verdict tag set by hand through MLflow does not bless.
+        world.registry.set_tags(2, {"verdict": "promoted"})
+        world.registry.client.set_registered_model_alias(world.config.name, CHAMPION, "2")
+        time.sleep(3 * POLL + 1)
+        described = server.client.get("/model").json()
+        assert described["version"] == 3
+        [refused] = described["follower"]["refused"]
+        assert refused["version"] == 2 and "never promoted" in refused["reason"], refused
+
+
+def _wait_version(server: Server, version: int, timeout: float = 3 * POLL + 10) -> None:
+    deadline = time.monotonic() + timeout
+    while server.client.get("/model").json()["version"] != version and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.client.get("/model").json()["version"] == version, server.log()
 
 
 def test_nothing_blessed_at_start_answers_503_until_a_promoted_version_appears(world, servers):
@@ -337,10 +359,11 @@ def test_nothing_blessed_at_start_answers_503_until_a_promoted_version_appears(w
     assert health.status_code == 503 and health.json()["version"] is None
     answer = server.client.post("/predict", json={"rows": [_row(world, "too-early")]})
     assert answer.status_code == 503 and "no blessed" in answer.json()["detail"]
-    world.registry.set_tags(2, {"verdict": "promoted"})
-    assert server.wait_ready(timeout=3 * POLL + 10)["version"] == 2
+    # The alias is put back on v1, which Driftline promoted.
+    world.registry.client.set_registered_model_alias(world.config.name, CHAMPION, "1")
+    assert server.wait_ready(timeout=3 * POLL + 10)["version"] == 1
     answer = server.client.post("/predict", json={"rows": [_row(world, "in-time")]})
-    assert answer.status_code == 200 and answer.json()["version"] == 2
+    assert answer.status_code == 200 and answer.json()["version"] == 1
     assert server.stop() == 0
     assert list(_stored(world.registry.store, world.config).index) == ["in-time"]
 
@@ -459,8 +482,16 @@ def _health_until(server: Server, check, timeout: float) -> dict:
         time.sleep(0.2)
 
 
+@pytest.fixture
+def pg_world(home, config, pg_url, monkeypatch) -> World:
+    """The world with its store (rows, audit log, locks) on PostgreSQL, as in production."""
+    monkeypatch.setenv("DRIFTLINE_STORE_URL", pg_url)
+    return _world(config)
+
+
 @pytest.mark.postgres
-def test_store_outage_loses_nothing_even_across_a_restart(world, servers, pg_url, home):
+def test_store_outage_loses_nothing_even_across_a_restart(pg_world, servers, pg_url, home):
+    world = pg_world
     database = pg_url.rsplit("/", 1)[1]
     admin = _pg_admin()
     env = {"DRIFTLINE_STORE_URL": pg_url}
