@@ -33,7 +33,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 
-from driftline import channels
+from driftline import channels, notify
 from driftline.lazy import lazy_import
 from ml import links, messages
 from ml.config import ModelConfig, format_duration, load_models
@@ -100,7 +100,9 @@ def _dag_defaults(cfg: ModelConfig, suffix: str) -> dict:
         "catchup": False,
         "max_active_runs": 1,
         "tags": ["driftline", cfg.name],
-        "default_args": {"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY},
+        "default_args": {"owner": "driftline", "retries": RETRIES, "retry_delay": RETRY_DELAY,
+                         # A task failed for good (not a retry): one alert (ml/alerts.py, driftline/notify.py).
+                         "on_failure_callback": notify.on_failure(cfg)},
     }
 
 
@@ -179,7 +181,7 @@ def build_continuous_training(cfg: ModelConfig):
             get_current_context()["ti"].xcom_push(key="guard", value=result)
             return "rollback_champion" if result["action"] == "rollback" else "keep_champion"
 
-        @task
+        @task(on_success_callback=notify.on_outcome(cfg, "guard_rollback"))
         def rollback_champion(guard: dict) -> dict:
             return _published(_step(cfg, loop.rollback_on_guard, _run_info(), guard))
 
@@ -222,11 +224,13 @@ def build_continuous_training(cfg: ModelConfig):
         def gate(candidate: dict, evaluation: dict) -> str:
             return loop.choose_outcome(evaluation, candidate["force"])
 
-        @task(doc_md="Moves `champion` to the candidate (old one becomes `previous-champion`, stage Archived).")
+        @task(on_success_callback=notify.on_outcome(cfg, "promote"),
+              doc_md="Moves `champion` to the candidate (old one becomes `previous-champion`, stage Archived).")
         def promote(candidate: dict, evaluation: dict) -> dict:
             return _published(_step(cfg, loop.promote, _run_info(), candidate, evaluation))
 
-        @task(doc_md="Keeps the champion; tags the candidate `rejected` with the gate's reasons, stage Archived.")
+        @task(on_success_callback=notify.on_outcome(cfg, "reject"),
+              doc_md="Keeps the champion; tags the candidate `rejected` with the gate's reasons, stage Archived.")
         def reject(candidate: dict, evaluation: dict) -> dict:
             return _published(_step(cfg, loop.reject, _run_info(), candidate, evaluation))
 
@@ -288,7 +292,7 @@ mirror follows (Production / Archived). Config: `{cfg.source}`.
         def resolve_target() -> int:
             return _step(cfg, loop.resolve_rollback_target, get_current_context()["params"]["target"])
 
-        @task
+        @task(on_success_callback=notify.on_outcome(cfg, "rollback"))
         def roll_back(version: int) -> dict:
             run = _run_info()
             return _published(_step(cfg, loop.rollback, run, version, run.params["reason"], automatic=False))
