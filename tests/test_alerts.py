@@ -159,6 +159,14 @@ def test_alerts_config_defaults_and_fields():
     assert _parse('"on": []').on == ()
 
 
+def test_readme_alerts_example_parses():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Alerts"):]
+    block = section[section.index("```yaml") + len("```yaml"):]
+    spec = _parse(yaml.safe_dump(yaml.safe_load(block[:block.index("```")])["alerts"]))
+    assert spec.on == ("promoted", "rolled_back", "failed") and spec.webhook and spec.email
+
+
 @pytest.mark.parametrize(("alerts_yaml", "problem"), [
     ("on: [promoted, promted]", "field 'alerts.on': unknown event 'promted' (did you mean 'promoted'?)"),
     ("on: [deployed]", "unknown event 'deployed'"),
