@@ -171,7 +171,8 @@ def _slack(spec: AlertsSpec, alert: alerts.Alert, context: Any) -> None:
     from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
     # notify(), not __call__: our text is not a Jinja template (a reason may contain "{{").
-    SlackWebhookNotifier(slack_webhook_conn_id=spec.slack_conn_id, text=alert.text()).notify(context or {})
+    SlackWebhookNotifier(slack_webhook_conn_id=spec.slack_conn_id, text=alert.text(),
+                         timeout=WEBHOOK_TIMEOUT_SECONDS).notify(context or {})
 
 
 def _email(spec: AlertsSpec, alert: alerts.Alert, context: Any) -> None:

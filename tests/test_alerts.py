@@ -293,6 +293,44 @@ def test_a_dead_channel_raises_nothing_and_hides_the_token(monkeypatch, alert_lo
     assert "alert not sent by webhook to http://127.0.0.1/…" in warnings and "secret-token" not in warnings
 
 
+def test_email_through_the_smtp_provider_to_a_local_server(monkeypatch):
+    """apache-airflow-providers-smtp's SmtpNotifier, through an Airflow connection (from the
+    environment), to a real SMTP server on 127.0.0.1 (stdlib smtpd, Python 3.11)."""
+    import asyncore
+    import warnings
+
+    from driftline import notify
+
+    pytest.importorskip("airflow.providers.smtp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        smtpd = pytest.importorskip("smtpd")
+    received: list[tuple] = []
+
+    class Server(smtpd.SMTPServer):
+        def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+            received.append((mailfrom, rcpttos, data))
+
+    server = Server(("127.0.0.1", 0), None, decode_data=True)
+    threading.Thread(target=asyncore.loop, kwargs={"timeout": 0.1, "count": 100}, daemon=True).start()
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_ALERTS", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": server.socket.getsockname()[1],
+        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "driftline@example.com"}}))
+    monkeypatch.delenv(notify.WEBHOOK_ENV, raising=False)
+    try:
+        # A reason with Jinja braces is sent as written, not rendered.
+        alert = alerts.rolled_back(MODEL, {"action": "rolled_back", "champion": 6, "from_version": 7,
+                                           "links": {"model_version": MLFLOW.format(6)}},
+                                   actor="alice", reason="see {{ ticket }}", automatic=False)
+        results = notify.deliver(alert, _parse("email: [ml-oncall@example.com]\nsmtp_conn_id: smtp_alerts"))
+    finally:
+        server.close()
+    assert results == {"log": "ok", "email": "ok"}
+    (sender, recipients, data), = received
+    assert sender == "driftline@example.com" and recipients == ["ml-oncall@example.com"]
+    assert "Subject: [driftline] credit_default v7 rolled back to v6 by alice: see {{ ticket }}" in data
+
+
 def test_provider_channel_without_its_package_is_logged_not_raised(monkeypatch, alert_log):
     import importlib.util
 
