@@ -279,6 +279,13 @@ def rollback(ctx: Context, run: RunInfo, target: str | int, reason: str, *, auto
     )
     # The restored champion starts a new probation: the guard judges it on rows from now on.
     ctx.registry.set_tags(version, {"promoted_at": (as_of or datetime.now().astimezone()).isoformat()})
+    demoted = result.get("from_version")
+    if demoted is not None:
+        # The demoted version's page must not still read as a promotion: say first who took it back and why.
+        current = ctx.registry.description(demoted)
+        if not current.startswith("> **Rolled back**"):
+            how = "automatically by the guard" if automatic else f"by {run.actor or 'a person'}"
+            ctx.registry.describe(demoted, f"> **Rolled back** to v{version} {how}: {reason}\n\n{current}")
     log.info("rollback: v%s -> v%s (%s)", result.get("from_version"), version, reason)
     return {**result, "links": ctx.tracker.version_links(version)}
 
@@ -516,14 +523,14 @@ def decide(ctx: Context, run: RunInfo, check: dict[str, Any]) -> dict[str, Any]:
         decision = Decision(
             "none", decision.reasons, held_back=(f"dry run: would retrain ({decision.kind})",), force=decision.force
         )
-    if decision.retrain:
-        # The retrain consumes the announced labels, whatever kind won.
-        ctx.store.consume_events([e["id"] for e in ctx.store.pending_events(config.name)], run.run_id)
+    # A retrain answers the announced labels, whatever kind won; they are consumed by record, once
+    # the run got that far (a failed training leaves them pending for the next run).
+    events = [e["id"] for e in ctx.store.pending_events(config.name)] if decision.retrain else []
     line = decision.summary()
     log.info("decision: %s", line)
     return {**decision.to_dict(), "summary": line, "as_of": as_of.isoformat(),
             "model_age": format_duration(facts.model_age) if facts.model_age else None,
-            "new_labels": facts.new_labels}
+            "new_labels": facts.new_labels, "events": events}
 
 
 # ---- train, evaluate, promote or reject --------------------------------------------------------
@@ -571,7 +578,8 @@ def train_candidate(ctx: Context, run: RunInfo, decision: dict[str, Any], check:
     version = ctx.registry.register(logged)
     tags = {
         "trigger": decision["kind"], "reasons": "; ".join(decision["reasons"]), "dag_run_id": run.run_id,
-        "mlflow_run_id": logged.run_id, "strategy": strategy, "git_commit": tracking.git_commit(),
+        "mlflow_run_id": logged.run_id, "model_source": ctx.registry.source(version), "strategy": strategy,
+        "git_commit": tracking.git_commit(),
         "data_rows": window.rows, "data_start": window.start, "data_end": window.end, "data_hash": window.content_hash,
         "data_time": as_of.isoformat(), "notes": "; ".join(notes),
     }
@@ -635,6 +643,12 @@ def evaluate_candidate(ctx: Context, run: RunInfo, candidate: dict[str, Any]) ->
         min_improvement=gate.min_improvement, significance=gate.significance, floor=gate.floor,
         n_resamples=gate.bootstrap_samples, seed=config.training.random_state, pos_label=config.positive_label,
     )
+    if champion is None and result.verdict == "promote":
+        lost = _champion_lost(ctx)
+        if lost:
+            # Fail closed: a model that had a champion and now has none lost it outside Driftline (or a
+            # registry fault); no candidate takes its place without a person (force).
+            result = replace(result, verdict="reject", reasons=(*result.reasons, f"no champion failed: {lost}"))
     description = _version_description(config, run, candidate, result, holdout, notes)
     ctx.registry.describe(version, description)
     ctx.registry.set_tags(version, {
@@ -645,6 +659,15 @@ def evaluate_candidate(ctx: Context, run: RunInfo, candidate: dict[str, Any]) ->
     ctx.tracker.log_evaluation(candidate["mlflow_run_id"], result, _live_history(ctx))
     log.info("evaluation: %s", result.summary())
     return {**result.to_dict(), "summary": result.summary(), "notes": notes, "links": candidate.get("links", {})}
+
+
+def _champion_lost(ctx: Context) -> str | None:
+    """Why the missing champion is suspect: the audit log says one was promoted before."""
+    promoted = [e["version"] for e in ctx.store.audit_log(ctx.config.name, ["promoted", "rolled_back"])]
+    if not promoted:
+        return None
+    return (f"the model has no champion but v{promoted[-1]} was champion before; a person must promote "
+            "(force) after checking the registry")
 
 
 def _live_history(ctx: Context) -> list[tuple[datetime, float]]:
@@ -731,6 +754,7 @@ def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None
         "champion_version": ctx.registry.champion(),
         "report_path": (check or {}).get("report_path"),
     }
+    ctx.store.consume_events((decision or {}).get("events", []), run.run_id)
     ctx.store.audit(config.name, "run", version=summary["champion_version"], actor=run.actor, run_id=run.run_id,
                     details=summary)
     log.info("run %s: trigger=%s action=%s champion=v%s", run.run_id, summary["trigger"], summary["action"],
@@ -782,7 +806,7 @@ def score(ctx: Context, run: RunInfo) -> dict[str, Any]:
     rows = validate_window(rows, config, window="scoring batch")
     if run.param("dry_run", False):
         return {"scored": 0, "would_score": len(rows), "champion": version, "reason": "dry run"}
-    prediction, scores = predict(config, ctx.registry.load_model(version), rows)
+    prediction, scores = predict(config, ctx.registry.load_model(version, serving=True), rows)
     out = pd.DataFrame({"row_id": rows["row_id"], "prediction": list(prediction)})
     if scores is not None:
         out["score"] = scores

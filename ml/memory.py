@@ -277,7 +277,7 @@ class MemoryRegistry(Registry):
         self.models[version] = logged.model
         return version
 
-    def load_model(self, version: int) -> Any:
+    def _load(self, version: int) -> Any:
         if version not in self.models:
             raise KeyError(f"{self.name} v{version}: no model kept in memory")
         return self.models[version]

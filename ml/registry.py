@@ -38,6 +38,10 @@ class RegistryError(RuntimeError):
     """A registry move that cannot be made (e.g. nothing to roll back to)."""
 
 
+class UnblessedModelError(RegistryError):
+    """A version Driftline did not register (or, to serve, did not promote): it is never loaded."""
+
+
 def is_missing(exc: Exception) -> bool:
     """True when an MLflow error says the model or alias does not exist (only that means "none")."""
     code = getattr(exc, "error_code", "")
@@ -147,10 +151,38 @@ class Registry:
             key=lambda v: v.version,
         )
 
-    def load_model(self, version: int) -> Any:
+    def load_model(self, version: int, *, serving: bool = False) -> Any:
+        """The model of ``version``, once :meth:`check_blessed` says Driftline registered it (and,
+        with ``serving``, promoted it): loading a model runs code, so nothing else is loaded."""
+        self.check_blessed(version, serving=serving)
+        return self._load(version)
+
+    def _load(self, version: int) -> Any:
         import mlflow.sklearn
 
         return mlflow.sklearn.load_model(f"models:/{self.name}/{version}")
+
+    def check_blessed(self, version: int, *, serving: bool = False) -> None:
+        """Raise :class:`UnblessedModelError` (and write a ``refused_load`` audit entry) unless the
+        store's audit log, which MLflow's API cannot write, shows Driftline registered this version
+        from this run and source; with ``serving``, also that Driftline made it champion (promoted or
+        restored by a rollback). Registry tags alone prove nothing: anyone who can reach MLflow can
+        set them."""
+        info = self.info(version)
+        entries = [e for e in self.store.audit_log(self.name, ["registered", "promoted", "rolled_back"])
+                   if e["version"] == version]
+        registered = [e for e in entries if e["action"] == "registered"]
+        why = None
+        if not any((e["details"] or {}).get("mlflow_run_id") == info.run_id
+                   and (e["details"] or {}).get("model_source", info.source) == info.source for e in registered):
+            why = (f"no Driftline registration of v{version} from run {info.run_id} ({info.source}) in the audit log: "
+                   "it was not trained and registered by Driftline")
+        elif serving and not any(e["action"] in ("promoted", "rolled_back") for e in entries):
+            why = f"v{version} was never promoted by Driftline (champion alias set outside Driftline?)"
+        if why is not None:
+            self.store.audit(self.name, "refused_load", version=version,
+                             details={"why": why, "run_id": info.run_id, "source": info.source, "serving": serving})
+            raise UnblessedModelError(f"{self.name}: refusing to load v{version}: {why}")
 
     def register(self, logged: LoggedModel) -> int:
         """A new version from a logged candidate (its run and model)."""
@@ -158,6 +190,9 @@ class Registry:
         mv = self.client.create_model_version(self.name, logged.model_uri, run_id=logged.run_id,
                                               model_id=logged.model_id)
         return int(mv.version)
+
+    def source(self, version: int) -> str:
+        return self.info(version).source
 
     def description(self, version: int) -> str:
         return self.client.get_model_version(self.name, str(version)).description or ""

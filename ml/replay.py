@@ -29,7 +29,10 @@ batch period and ``windows.training`` ``window`` periods; ``windows.holdout`` is
 
 from __future__ import annotations
 
+import csv
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
@@ -38,13 +41,19 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ml.config import ConfigError, ModelConfig, parse_config
+from ml.config import ConfigError, ModelConfig, format_duration, parse_config
 
 STATIC = "static"
 DRIFTLINE = "driftline"
 EPOCH = pd.Timestamp("2000-01-01", tz="UTC")
 # Columns the replay adds; a data column may not take one of these names.
 _OWN_COLUMNS = ("row_id", "ts", "batch", "label", "known_at")
+# The baselines `driftline replay` runs without --every: enough points for a schedule frontier.
+DEFAULT_EVERY = (1, 2, 4, 8)
+# What pandas names a column whose header cell is empty, e.g. an index saved by `to_csv()`.
+_UNNAMED = re.compile(r"^Unnamed: \d+$")
+# An object column counts as "numbers with a few typos" when this share of its values parse.
+_MOSTLY_NUMERIC = 0.9
 
 
 class ReplayError(ValueError):
@@ -119,7 +128,7 @@ class ReplayOptions:
     initial_batches: int = 4
     window: int = 4  # training window, in batches
     label_delay: int = 0  # labels of batch b are revealed after batch b + label_delay is predicted
-    every: tuple[int, ...] = (1, 4)  # baselines "retrain every k batches"
+    every: tuple[int, ...] = DEFAULT_EVERY  # baselines "retrain every k batches"
     # Baselines "retrain every k batches on Driftline's candidate window": the newest
     # windows.holdout left out, as Driftline's candidates leave it out for the gate; always served.
     every_held_out: tuple[int, ...] = ()
@@ -134,9 +143,9 @@ class ReplayOptions:
         if self.batch_rows is not None and self.batch_rows < 1:
             fail("batch_rows", f"must be >= 1, got {self.batch_rows}")
         if self.period is not None and self.period <= timedelta(0):
-            fail("period", f"must be positive, got {self.period}")
+            fail("period", f"must be positive, got {format_duration(self.period)}")
         if self.row_interval <= timedelta(0):
-            fail("row_interval", f"must be positive, got {self.row_interval}")
+            fail("row_interval", f"must be positive, got {format_duration(self.row_interval)}")
         if self.initial_batches < 1:
             fail("initial_batches", f"must be >= 1, got {self.initial_batches}")
         if self.window < 1:
@@ -164,6 +173,7 @@ class ReplayData:
     batch_ends: list[pd.Timestamp]  # a step's as_of: the batch's newest row
     period: timedelta
     options: ReplayOptions
+    notes: list[str] = field(default_factory=list)  # what the replay did to the data unasked, for the user
 
     @property
     def n_batches(self) -> int:
@@ -197,6 +207,8 @@ def replay_config(raw: dict[str, Any], frame: pd.DataFrame, options: ReplayOptio
         raise ReplayError(f"features: the target '{options.target}' cannot also be a feature")
     if not names:
         raise ReplayError("features: none left (every column is the target or the time)")
+    for name in names:
+        _check_numerical(frame[name], name, declared=(listed.get(name) or {}).get("kind"))
     data["features"] = [
         listed.get(name) or {"name": name, "kind": "numerical" if pd.api.types.is_numeric_dtype(frame[name])
                              else "categorical"}
@@ -221,9 +233,31 @@ def replay_config(raw: dict[str, Any], frame: pd.DataFrame, options: ReplayOptio
     except ConfigError as exc:
         raise ReplayError(f"config: {exc}") from None
     if config.windows.holdout >= config.windows.training:
-        raise ReplayError(f"config: windows.holdout ({config.windows.holdout}) must be shorter than the training "
-                          f"window ({options.window} batches = {config.windows.training})")
+        raise ReplayError(f"config: windows.holdout ({format_duration(config.windows.holdout)}) must be shorter "
+                          f"than the training window ({options.window} batches = "
+                          f"{format_duration(config.windows.training)}); raise --window or shorten the holdout")
     return config
+
+
+def _check_numerical(column: pd.Series, name: str, declared: str | None) -> None:
+    """Refuse text in a numerical feature: one declared numerical in the config, or an undeclared
+    column that is numbers but for a few values (a typo would otherwise make the whole column
+    categorical without a word). The message names the column, a value and its row."""
+    if pd.api.types.is_numeric_dtype(column) or declared == "categorical":
+        return
+    present = column.dropna()
+    bad = present[pd.to_numeric(present, errors="coerce").isna()]
+    if bad.empty:
+        return
+    numbers = len(present) - len(bad)
+    example = f"e.g. {bad.iloc[0]!r} in row {bad.index[0] + 1} of the file (after the header)"
+    advice = "fix those values or leave them empty (missing), or declare the feature `kind: categorical` in the config"
+    if declared == "numerical":
+        raise ReplayError(f"features: column '{name}' is numerical in the config but holds {len(bad)} non-numeric "
+                          f"value(s), {example}; {advice}")
+    if numbers >= _MOSTLY_NUMERIC * len(present):
+        raise ReplayError(f"features: column '{name}' looks numerical ({numbers} of {len(present)} values are "
+                          f"numbers) but holds {len(bad)} non-numeric value(s), {example}; {advice}")
 
 
 def _identifier(text: str) -> str:
@@ -242,12 +276,18 @@ def prepare(frame: pd.DataFrame, options: ReplayOptions, raw_config: dict[str, A
     from ml.validation import DataValidationError, check_labels, validate_window
 
     options.check()
+    notes: list[str] = []
+    columns = f"(columns: {', '.join(map(str, frame.columns))})"
     if options.target not in frame.columns:
-        raise ReplayError(f"target: column '{options.target}' not in the data "
-                          f"(columns: {', '.join(map(str, frame.columns))})")
+        raise ReplayError(f"target: column '{options.target}' not in the data {columns}")
     for argument, column in (("time_column", options.time_column), ("hour_column", options.hour_column)):
         if column is not None and column not in frame.columns:
-            raise ReplayError(f"{argument}: column '{column}' not in the data")
+            raise ReplayError(f"{argument}: column '{column}' not in the data {columns}")
+    frame = frame.reset_index(drop=True)  # row i of the file is index i, for the messages below
+    frame, dropped = _drop_unnamed(frame, options, raw_config)
+    if dropped:
+        notes.append(f"dropped column(s) {', '.join(repr(c) for c in dropped)}: no name in the header (an index "
+                     "saved with the rows?), so not a feature; give the column a name to use it")
     taken = [c for c in _OWN_COLUMNS if c in frame.columns and c not in _excluded(options)]
     if taken:
         raise ReplayError(f"data: column(s) {taken} clash with the replay's own columns; rename them")
@@ -257,8 +297,16 @@ def prepare(frame: pd.DataFrame, options: ReplayOptions, raw_config: dict[str, A
         raise ReplayError("data: no rows")
 
     ts = _times(frame, options).reset_index(drop=True)
+    if options.time_column is None:
+        notes.append(f"no time column (--time): rows are replayed in file order, {format_duration(options.row_interval)} "
+                     "apart (--row-interval), so the policy's durations (holdout, cooldown, ages) count in those steps")
+    backwards = int((ts.diff() < pd.Timedelta(0)).sum())
+    if backwards:
+        # A backtest must run in time order: sort, as the user would, but say so.
+        notes.append(f"rows are not in time order in the file ({backwards} step(s) back in '{options.time_column}'): "
+                     "replayed sorted by time (rows with the same time keep their file order)")
     order = np.argsort(ts.dt.tz_convert(None).to_numpy(), kind="stable")
-    frame = frame.iloc[order].reset_index(drop=True)
+    frame = frame.iloc[order]  # keeps the file's row numbers as the index, for messages
     ts = ts.iloc[order].reset_index(drop=True)
 
     if options.batch_rows is not None:
@@ -269,7 +317,7 @@ def prepare(frame: pd.DataFrame, options: ReplayOptions, raw_config: dict[str, A
     _, batch = np.unique(batch, return_inverse=True)
     if options.max_batches is not None:
         keep = batch < options.max_batches
-        frame, ts, batch = frame[keep].reset_index(drop=True), ts[keep].reset_index(drop=True), batch[keep]
+        frame, ts, batch = frame[keep], ts[keep].reset_index(drop=True), batch[keep]
     n_batches = int(batch.max()) + 1
     if n_batches <= options.initial_batches:
         raise ReplayError(f"batch size: the data makes {n_batches} batch(es), not more than initial_batches "
@@ -306,7 +354,24 @@ def prepare(frame: pd.DataFrame, options: ReplayOptions, raw_config: dict[str, A
               else ends[b + options.label_delay] if b + options.label_delay < n_batches else never
               for b in range(n_batches)]
     out["known_at"] = pd.to_datetime(pd.Series(reveal).iloc[out["batch"].to_numpy()].to_numpy(), utc=True)
-    return ReplayData(config, out, starts, ends, period, options)
+    first_rows = int((out["batch"] < options.initial_batches).sum())
+    if first_rows < config.training.min_rows:
+        raise ReplayError(f"initial_batches: the first {options.initial_batches} batch(es) hold {first_rows} row(s); "
+                          f"the first model needs at least training.min_rows ({config.training.min_rows}) besides "
+                          f"the holdout ({format_duration(config.windows.holdout)}): give more rows per batch "
+                          "(--batch-rows / --period) or more --initial-batches")
+    return ReplayData(config, out, starts, ends, period, options, notes)
+
+
+def _drop_unnamed(frame: pd.DataFrame, options: ReplayOptions,
+                  raw_config: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+    """Columns without a header name (pandas' ``Unnamed: N``, e.g. a saved index) that nobody asked
+    for: an index as a feature lets a model learn the row order, which silently flatters it."""
+    listed = {f.get("name") for f in (raw_config.get("features") or []) if isinstance(f, dict)} \
+        if isinstance(raw_config, dict) else set()
+    wanted = set(options.features or ()) | _excluded(options) | listed
+    dropped = [c for c in frame.columns if isinstance(c, str) and _UNNAMED.match(c) and c not in wanted]
+    return frame.drop(columns=dropped), dropped
 
 
 def _times(frame: pd.DataFrame, options: ReplayOptions) -> pd.Series:
@@ -614,7 +679,7 @@ class Driftline(Strategy):
         )
 
 
-# ---- the run ------------------------------------------------------------------------------------
+# ---- results ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -668,11 +733,15 @@ class ReplayResult:
         return cls(**values)
 
     def table_markdown(self) -> str:
-        lines = [f"| strategy | {self.metric} | retrains | promotions | rejections | rollbacks | fit time (s) |",
-                 "|---|---|---|---|---|---|---|"]
+        """One row per strategy; *failed* counts retrains that ended without a model (e.g. too few rows),
+        *vs schedule* is a Driftline variant's :func:`frontier_gaps` (+ = better than the schedule)."""
+        gaps = frontier_gaps(self)
+        head = (f"| strategy | {self.metric} | retrains | promotions | rejections | failed | rollbacks | "
+                "vs schedule | fit time (s) |")
+        lines = [head, "|---|---|---|---|---|---|---|---|---|"]
         for s in self.strategies:
             lines.append(f"| {label(s.name)} | {s.metric:.4g} | {s.retrains} | {s.promotions} | {s.rejections} | "
-                         f"{s.rollbacks} | {s.fit_seconds:.1f} |")
+                         f"{s.failures} | {s.rollbacks} | {format_gap(gaps, s.name)} | {s.fit_seconds:.1f} |")
         return "\n".join(lines)
 
 
@@ -684,6 +753,116 @@ def label(name: str) -> str:
     if name.startswith(DRIFTLINE + "_"):
         return f"Driftline ({name.removeprefix(DRIFTLINE + '_').replace('_', ' ')})"
     return {STATIC: "static (never retrain)", DRIFTLINE: "Driftline"}.get(name, name)
+
+
+# ---- the fixed-schedule frontier ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One fixed schedule: static (``every`` None, no retrain) or "retrain every k batches"."""
+
+    name: str
+    every: int | None
+    retrains: int
+    metric: float
+
+    @property
+    def tag(self) -> str:
+        return "static" if self.every is None else f"k={self.every}"
+
+
+def interpolate(points: Sequence[tuple[float, float]], x: float, *, greater_is_better: bool = True) -> float | None:
+    """The piecewise-linear curve through ``points`` (x, y) at ``x``; None outside their x range
+    (no extrapolation). Points sharing an x keep the best y: the frontier is what a schedule of that
+    size reached."""
+    best: dict[float, float] = {}
+    for px, py in points:
+        if not (np.isfinite(px) and np.isfinite(py)):
+            raise ValueError(f"points: every x and y must be finite, got ({px}, {py})")
+        if px not in best or (py > best[px] if greater_is_better else py < best[px]):
+            best[px] = float(py)
+    if not best:
+        return None
+    xs = sorted(best)
+    if not xs[0] <= x <= xs[-1]:
+        return None
+    return float(np.interp(x, xs, [best[v] for v in xs]))
+
+
+def schedule_frontier(result: ReplayResult) -> list[FrontierPoint]:
+    """The fixed schedules a result holds, by retrains: static (0 retrains, the never-retrain end)
+    and every k batches. The held-out baselines are left out: they train on another window."""
+    points = []
+    for s in result.strategies:
+        if s.name == STATIC:
+            points.append(FrontierPoint(s.name, None, s.retrains, s.metric))
+        elif re.fullmatch(r"every_\d+", s.name):
+            points.append(FrontierPoint(s.name, int(s.name.split("_")[1]), s.retrains, s.metric))
+    return sorted(points, key=lambda p: (p.retrains, p.every is not None, -(p.every or 0)))
+
+
+def frontier_gaps(result: ReplayResult) -> dict[str, float | None]:
+    """Per Driftline variant: how much better it did than the fixed-schedule frontier interpolated
+    at its own number of retrains. Sign: positive is better than the schedule, i.e. accuracy *above*
+    the frontier, or MAE (lower is better) *below* it. None where its retrain count lies outside
+    the frontier's (e.g. no static baseline and fewer retrains than the sparsest schedule)."""
+    points = [(p.retrains, p.metric) for p in schedule_frontier(result)]
+    sign = 1.0 if result.greater_is_better else -1.0
+    gaps: dict[str, float | None] = {}
+    for s in result.strategies:
+        if s.name in result.steps:
+            level = interpolate(points, s.retrains, greater_is_better=result.greater_is_better)
+            gaps[s.name] = None if level is None else sign * (s.metric - level)
+    return gaps
+
+
+def format_gap(gaps: dict[str, float | None], name: str) -> str:
+    if name not in gaps:
+        return ""
+    return "outside" if gaps[name] is None else f"{gaps[name]:+.3g}"
+
+
+def frontier_text(result: ReplayResult) -> str:
+    """The frontier and the sign convention in two lines, for the command line."""
+    points = " · ".join(f"{p.tag}: {p.retrains} retrains, {p.metric:.4g}" for p in schedule_frontier(result))
+    better = "above" if result.greater_is_better else "below"
+    return (f"schedule frontier ({result.metric}): {points or 'none (no static or --every baseline)'}\n"
+            f"vs schedule: Driftline's {result.metric} against the frontier joined linearly at its own number of "
+            f"retrains; + means better ({better} the line), 'outside' that it retrained fewer or more times than "
+            f"any schedule")
+
+
+# ---- the per-step decision log ------------------------------------------------------------------
+
+DECISION_COLUMNS = ("variant", "batch", "as_of", "drift_share", "live_metric", "live_rows", "trigger", "reasons",
+                    "held_back", "candidate", "verdict", "action", "champion", "guard", "summary")
+
+
+def decision_rows(result: ReplayResult) -> list[dict[str, Any]]:
+    """One row per Driftline step per variant, from the result's steps (lists joined with "; ")."""
+    rows = []
+    for variant, steps in result.steps.items():
+        for step in steps:
+            row = {"variant": variant, **{k: step.get(k) for k in DECISION_COLUMNS if k != "variant"}}
+            for key in ("reasons", "held_back"):
+                row[key] = "; ".join(row[key] or [])
+            rows.append(row)
+    return rows
+
+
+def write_decisions(result: ReplayResult, path: str | Path) -> Path:
+    """The decision log as CSV (see :data:`DECISION_COLUMNS`); empty cells where a step had no value."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=DECISION_COLUMNS)
+        writer.writeheader()
+        writer.writerows(decision_rows(result))
+    return path
+
+
+# ---- the run ------------------------------------------------------------------------------------
 
 
 def run(data: ReplayData, *, name: str = "replay", variants: dict[str, ModelConfig] | None = None,
@@ -710,7 +889,10 @@ def run(data: ReplayData, *, name: str = "replay", variants: dict[str, ModelConf
                                        "version": np.zeros(n, dtype=np.int64)}
     first = options.initial_batches
     for strategy in strategies:
-        strategy.start(world, first - 1)
+        try:
+            strategy.start(world, first - 1)
+        except ValueError as exc:  # ReplayError too: say what to change, once, without the strategy's prefix
+            raise ReplayError(_no_first_model(strategy, data, exc)) from None
         strategy.live = True
     ends: dict[str, list[str]] = {s.name: [] for s in strategies}
     for b in range(first, data.n_batches):
@@ -753,8 +935,6 @@ def run(data: ReplayData, *, name: str = "replay", variants: dict[str, ModelConf
         results.append(StrategyResult(strategy.name, overall, st.retrains, st.promotions, st.rejections, st.rollbacks,
                                       st.failures, round(st.fit_seconds, 3), per_batch, ends[strategy.name],
                                       [asdict(e) for e in st.events]))
-    from ml.config import format_duration
-
     return ReplayResult(
         name=name, metric=metric, greater_is_better=config.greater_is_better, task=config.task, rows=n,
         batches=data.n_batches, initial_batches=first, period=format_duration(data.period),
@@ -766,7 +946,19 @@ def run(data: ReplayData, *, name: str = "replay", variants: dict[str, ModelConf
     )
 
 
-# ---- the plot -----------------------------------------------------------------------------------
+def _no_first_model(strategy: Strategy, data: ReplayData, exc: ValueError) -> str:
+    why = str(exc)
+    if isinstance(strategy, Driftline):  # its own message starts with its name; take the cause it read
+        failed = [e.detail for e in strategy.stats.events if e.kind == "failed"]
+        why = failed[-1] if failed else strategy.steps[-1].summary if strategy.steps else why
+    first = data.options.initial_batches
+    rows = int((data.frame["batch"] < first).sum())
+    return (f"initial_batches: {label(strategy.name)} could not train a first model on the first {first} batch(es) "
+            f"({rows} rows): {why}; give more rows per batch (--batch-rows / --period), more --initial-batches, "
+            f"or a shorter windows.holdout (now {format_duration(data.config.windows.holdout)})")
+
+
+# ---- the plots ----------------------------------------------------------------------------------
 
 
 def plot(result: ReplayResult, path: str | Path, *, smooth: int = 4, title: str | None = None) -> Path:
@@ -828,6 +1020,69 @@ def plot(result: ReplayResult, path: str | Path, *, smooth: int = 4, title: str 
         bottom.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.06 if shares else 1.01, 1.0),
                       borderaxespad=0)
     bottom.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def frontier_plot(result: ReplayResult, path: str | Path, *, title: str | None = None) -> Path:
+    """Retrains (x) against the metric (y): the fixed schedules as a line with each point labelled
+    by its k, every Driftline variant as a labelled point, the side better than the schedules shaded.
+    Needs only the result (e.g. :meth:`ReplayResult.from_dict` of a saved JSON), so it can be
+    redrawn without replaying."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frontier = schedule_frontier(result)
+    gaps = frontier_gaps(result)
+    variants = [s for s in result.strategies if s.name in result.steps]
+    fig, ax = plt.subplots(figsize=(10, 6.8))
+    # The y range follows the variants and the retraining schedules; a static model far off (e.g.
+    # MAE 134 beside 40-50) would squash everything else into a line, so it may fall off the axes.
+    ys = [s.metric for s in variants] + [p.metric for p in frontier if p.every is not None]
+    ys = ys or [p.metric for p in frontier]
+    low, high = min(ys), max(ys)
+    pad = (high - low) * 0.12 or abs(high) * 0.02 or 0.01
+    ax.set_ylim(low - pad, high + pad)
+    if frontier:
+        xs, fy = [p.retrains for p in frontier], [p.metric for p in frontier]
+        ax.plot(xs, fy, color="#2e86de", linewidth=1.6, marker="o", markersize=5, zorder=2,
+                label="fixed schedule: retrain every k batches (static: never)")
+        edge = ax.get_ylim()[1] if result.greater_is_better else ax.get_ylim()[0]
+        ax.fill_between(xs, fy, edge, color="#27ae60", alpha=0.1, zorder=1,
+                        label=f"better than the schedule ({result.metric} {'above' if result.greater_is_better else 'below'} the line)")
+        bottom, top = ax.get_ylim()
+        for p in frontier:
+            inside = bottom <= p.metric <= top
+            y = p.metric if inside else (bottom if p.metric < bottom else top)
+            text = p.tag if inside else f"{p.tag} ({p.metric:.4g}, off the axis)"
+            ax.annotate(text, (p.retrains, y), textcoords="offset points",
+                        xytext=(5, -12 if inside or p.metric > top else 5), fontsize=8, color="#2e86de")
+    markers = iter(["D", "s", "^", "v", "P", "X", "*", "h"])
+    colours = iter(["#c0392b", "#8e44ad", "#e67e22", "#16a085", "#b7950b", "#6e2c00", "#ff66cc", "#34495e"])
+    same_place: dict[tuple[int, float], list[str]] = {}  # variants that landed on one point share a label
+    for s in variants:
+        gap = gaps.get(s.name)
+        vs = "" if gap is None else f", {gap:+.3g} vs schedule"
+        ax.scatter([s.retrains], [s.metric], marker=next(markers), s=80 if s.name == DRIFTLINE else 50,
+                   color=next(colours), zorder=4 if s.name == DRIFTLINE else 3, edgecolors="black", linewidths=0.5,
+                   label=f"{label(s.name)}: {s.metric:.4g}, {s.retrains} retrains{vs}")
+        short = "Driftline" if s.name == DRIFTLINE else label(s.name).removeprefix("Driftline (").removesuffix(")")
+        same_place.setdefault((s.retrains, round(s.metric, 9)), []).append(short)
+    for (x, y), names in same_place.items():
+        ax.annotate(" = ".join(names), (x, y), textcoords="offset points", xytext=(7, 4), fontsize=8.5)
+    most = max([p.retrains for p in frontier] + [s.retrains for s in variants] + [1])
+    ax.set_xlim(-most * 0.02 - 0.5, most * 1.1 + 0.5)
+    ax.set_xlabel("retrains (models trained after the first)")
+    ax.set_ylabel(f"{result.metric} over every predicted row" + ("" if result.greater_is_better else " (lower is better)"))
+    ax.set_title(title or f"{result.name}: Driftline against fixed retraining schedules", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

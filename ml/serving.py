@@ -428,8 +428,27 @@ class Spool:
     def batches(self) -> Iterator[list[dict[str, Any]]]:
         self._handle.seek(0)
         for line in self._handle:
-            if line.strip():
-                yield json.loads(line)
+            if not line.strip():
+                continue
+            try:
+                batch = json.loads(line)
+            except ValueError:
+                # A line cut short by a crash in the middle of an append: keep it aside, go on.
+                self.set_aside(line.rstrip("\n"), "not valid JSON (cut short by a crash?)")
+                continue
+            yield batch
+
+    def set_aside(self, line: str, why: str) -> None:
+        """Keep what can never be written in ``<model>.rejected.jsonl`` beside the spools, with why."""
+        log.error("spool: a batch set aside in %s: %s", self.rejected_path, why)
+        with open(self.rejected_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"why": why, "batch": line}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    @property
+    def rejected_path(self) -> Path:
+        return self.folder / f"{self.model}.rejected.jsonl"
 
     def clear(self) -> None:
         """Only once every batch is in the store: a crash before this re-writes them, which is harmless."""
@@ -449,10 +468,15 @@ class Spool:
                 except BlockingIOError:
                     continue  # a live process's spool
                 for line in handle:
-                    if line.strip():
+                    if not line.strip():
+                        continue
+                    try:
                         batch = json.loads(line)
-                        self.append(batch)
-                        adopted += len(batch)
+                    except ValueError:
+                        self.set_aside(line.rstrip("\n"), "not valid JSON (cut short by a crash?)")
+                        continue
+                    self.append(batch)
+                    adopted += len(batch)
                 path.unlink()  # after the copy is fsynced: a crash in between duplicates, never loses
         return adopted
 
@@ -461,6 +485,13 @@ class Spool:
         self._handle.close()  # releases the lock: a later process adopts what is left
         if empty:
             self.path.unlink(missing_ok=True)
+
+
+def _store_unreachable(exc: Exception) -> bool:
+    """A connection-level failure (the database is down or locked), as opposed to a batch it refuses."""
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, OSError))
 
 
 class PredictionWriter:
@@ -494,6 +525,7 @@ class PredictionWriter:
         self._queued_rows = 0
         self._count_lock = threading.Lock()
         self._last_retry = 0.0
+        self._refusals: dict[int, int] = {}  # spooled batch -> how many drains the store refused it
         self._thread: threading.Thread | None = None
 
     # -- request side --
@@ -596,12 +628,23 @@ class PredictionWriter:
 
     def _drain(self) -> None:
         self._last_retry = time.monotonic()
-        try:
-            for batch in self.spool.batches():
+        for batch in self.spool.batches():
+            try:
                 self._write(batch)
-        except Exception as exc:  # noqa: BLE001
-            self._outage(exc)
-            return
+            except Exception as exc:  # noqa: BLE001
+                if _store_unreachable(exc):
+                    self._outage(exc)
+                    return
+                # The store answers but refuses this batch: retried at the next drains, then set aside
+                # so that one bad batch cannot hold back every later one.
+                key = hash(json.dumps(batch, default=str))
+                self._refusals[key] = self._refusals.get(key, 0) + 1
+                if self._refusals[key] < 3:
+                    self._outage(exc)
+                    return
+                self.spool.set_aside(json.dumps(batch, default=str), f"{type(exc).__name__}: {exc}"[:2000])
+                self._refusals.pop(key)
+        self._refusals.clear()
         log.info("wrote %s spooled rows", self.stats.spooled)
         self.spool.clear()
         self.stats.spooled = 0

@@ -203,3 +203,131 @@ def test_scoring_loads_the_version_it_read_even_if_the_alias_moves_meanwhile(con
     served = ctx.store.load(config.name, config.feature_names, version=v1)
     want, _ = predict(config, registry.load_model(v1), served)
     assert len(served) == result["scored"] and list(served["prediction"]) == list(want)
+
+
+# ---- trust: only blessed models load, the gate fails closed ---------------------------------------
+
+
+def _champion_ctx(config, stream):
+    sim, frame = stream
+    ctx = context(config, frame)
+    upto(ctx, frame, sim.period_start(DAYS - 1))
+    loop.run_cycle(ctx, run(1))
+    upto(ctx, frame, sim.period_start(DAYS))
+    return sim, frame, ctx
+
+
+def _outsider(ctx: loop.Context, model) -> int:
+    """A version put into the registry by someone else (MLflow's API, no Driftline run)."""
+    client = ctx.registry.client
+    version = int(client.create_model_version(ctx.config.name, "models:/m-outsider", run_id="outsider").version)
+    ctx.registry.models[version] = model
+    return version
+
+
+def test_a_version_driftline_did_not_register_is_never_loaded(config, stream):
+    from ml.registry import UnblessedModelError
+
+    _, _, ctx = _champion_ctx(config, stream)
+    evil = _outsider(ctx, ctx.registry.load_model(1))
+    ctx.registry.client.set_registered_model_alias(config.name, "champion", str(evil))
+    with pytest.raises(UnblessedModelError, match=f"refusing to load v{evil}: no Driftline registration"):
+        loop.score(ctx, run(2))
+    refused = ctx.store.audit_log(config.name, ["refused_load"])
+    assert [e["version"] for e in refused] == [evil] and refused[0]["details"]["serving"] is True
+    assert ctx.store.load(config.name, config.feature_names, version=evil).empty  # nothing scored with it
+    assert issubclass(UnblessedModelError, loop.USER_ERRORS)  # not retried
+
+
+def test_only_a_promoted_version_serves(config, stream):
+    from ml.registry import UnblessedModelError
+
+    _, _, ctx = _champion_ctx(config, stream)
+    out = loop.run_cycle(ctx, run(2, retrain=True, reason="test"))
+    candidate = out["candidate"]["version"]
+    if out.get("promote"):
+        pytest.skip("the manual candidate won the gate; nothing unpromoted to point the alias at")
+    # A registered but rejected version pointed at by the alias outside Driftline.
+    ctx.registry.client.set_registered_model_alias(config.name, "champion", str(candidate))
+    with pytest.raises(UnblessedModelError, match="never promoted by Driftline"):
+        loop.score(ctx, run(3))
+    ctx.registry.check_blessed(candidate)  # still fine to evaluate (it was registered by Driftline)
+
+
+def test_a_lost_champion_is_not_replaced_without_a_person(config, stream):
+    _, _, ctx = _champion_ctx(config, stream)
+    ctx.registry.client.delete_registered_model_alias(config.name, "champion")
+    out = loop.run_cycle(ctx, run(2))
+    assert out["decision"]["kind"] == "time"  # no champion: the rule says train one
+    assert out["evaluation"]["verdict"] == "reject" and "reject" in out
+    assert any("no champion failed: the model has no champion but v1 was champion before" in r
+               for r in out["evaluation"]["reasons"])
+    assert ctx.registry.champion() is None
+    forced = loop.run_cycle(ctx, run(3, retrain=True, force=True, reason="checked the registry"))
+    assert forced["promote"]["action"] == "promoted" and ctx.registry.champion() == forced["candidate"]["version"]
+
+
+def test_new_label_events_are_consumed_only_by_a_run_that_finished(config, stream):
+    sim, frame, ctx = _champion_ctx(config, stream)
+    ctx.store.add_event(config.name, "new_labels", "labels-1", 300, sim.period_start(DAYS))
+    strict = context(config.model_copy(update={"training": config.training.model_copy(update={"min_rows": 10**6})}),
+                     frame)
+    strict.store, strict._registry = ctx.store, ctx.registry  # same world, a training that fails
+    with pytest.raises(DataValidationError):
+        loop.run_cycle(strict, run(2))
+    assert [e["key"] for e in ctx.store.pending_events(config.name)] == ["labels-1"]  # kept for the next run
+    out = loop.run_cycle(ctx, run(3))
+    assert out["decision"]["kind"] == "event" and ctx.store.pending_events(config.name) == []
+
+
+class _Flaky:
+    """MLflow's client with the registry down: every call raises MLflow's 503."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.down = inner, False
+
+    def __getattr__(self, name):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos import databricks_pb2
+
+        attr = getattr(self.inner, name)
+        if not self.down or not callable(attr):
+            return attr
+
+        def unavailable(*args, **kwargs):
+            raise MlflowException("503 Service Unavailable", error_code=databricks_pb2.TEMPORARILY_UNAVAILABLE)
+
+        return unavailable
+
+
+@pytest.mark.parametrize("step", ["guard", "evaluate", "promote"])
+def test_registry_down_fails_the_run_and_the_next_run_converges(config, stream, step):
+    from mlflow.exceptions import MlflowException
+
+    sim, frame, ctx = _champion_ctx(config, stream)
+    flaky = _Flaky(ctx.registry.client)
+    ctx.registry.client = flaky
+    real = {name: getattr(loop, name) for name in ("guard_champion", "evaluate_candidate", "promote")}
+    target = {"guard": "guard_champion", "evaluate": "evaluate_candidate", "promote": "promote"}[step]
+
+    def failing(*args, **kwargs):
+        flaky.down = True
+        try:
+            return real[target](*args, **kwargs)
+        finally:
+            flaky.down = False
+
+    params = {"retrain": True, "reason": "test", "force": step == "promote"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, target, failing)
+        with pytest.raises(MlflowException, match="503"):
+            loop.run_cycle(ctx, run(2, **params))
+    assert ctx.registry.champion() == 1  # unchanged: an unreachable registry is not "no champion"
+    out = loop.run_cycle(ctx, run(3, **params))
+    champion = ctx.registry.champion()
+    holders = [v.version for v in ctx.registry.versions() if "champion" in v.aliases]
+    assert holders == [champion]
+    if step == "promote":
+        assert champion == out["candidate"]["version"]
+    verdicts = {e["version"] for e in ctx.store.audit_log(config.name, ["promoted"])}
+    assert champion in verdicts and ctx.registry.info(champion).tag("verdict") == "promoted"

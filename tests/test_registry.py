@@ -96,13 +96,19 @@ def make_versions(n: int, name: str = NAME, model=_TINY) -> list[int]:
     tracking.client()
     experiment = tracking.ensure_experiment(name)
     made = []
+    store = Store(get_settings().store_url)
     for _ in range(n):
-        with mlflow.start_run(experiment_id=experiment):
+        with mlflow.start_run(experiment_id=experiment) as run:
             info = mlflow.sklearn.log_model(
                 model, name="model", registered_model_name=name,
                 serialization_format="cloudpickle", pip_requirements=["scikit-learn"],
             )
-        made.append(int(info.registered_model_version))
+        version = int(info.registered_model_version)
+        # What train_candidate's registration leaves in the audit log: the lineage loads are checked against.
+        source = tracking.client().get_model_version(name, str(version)).source
+        store.audit(name, "registered", version=version,
+                    details={"mlflow_run_id": run.info.run_id, "model_source": source})
+        made.append(version)
     return made
 
 
@@ -121,8 +127,13 @@ def verdicts(r: Registry) -> dict[int, str | None]:
     return {v.version: v.tag("verdict") for v in r.versions()}
 
 
+def moves(r: Registry, actions: list[str] | None = None) -> list[dict]:
+    """The audit log without make_versions' lineage entries (registrations with no run)."""
+    return [e for e in r.store.audit_log(r.name, actions) if not (e["action"] == "registered" and e["run_id"] is None)]
+
+
 def audit_rows(r: Registry) -> list[tuple]:
-    return [(e["action"], e["version"], e["run_id"], e["actor"]) for e in r.store.audit_log(r.name)]
+    return [(e["action"], e["version"], e["run_id"], e["actor"]) for e in moves(r)]
 
 
 def snapshot(r: Registry) -> dict:
@@ -135,7 +146,7 @@ def snapshot(r: Registry) -> dict:
             for v in r.versions()
         },
         "audit": [
-            (e["action"], e["version"], e["run_id"], e["actor"], e["details"]) for e in r.store.audit_log(r.name)
+            (e["action"], e["version"], e["run_id"], e["actor"], e["details"]) for e in moves(r)
         ],
     }
 
@@ -177,7 +188,7 @@ def test_first_promotion_makes_v1_champion(reg):
     assert info.tag("promoted_by_run") == "r1"
     assert info.tag("promoted_at") == DATA_TIME.isoformat()
     assert info.tag("forced") == "false"
-    log = reg.store.audit_log(NAME)
+    log = moves(reg)
     assert audit_rows(reg) == [("promoted", 1, "r1", "alice")]
     assert log[0]["details"] == {"previous_champion": None, "reasons": ["first model"], "forced": False}
 
@@ -199,7 +210,7 @@ def test_promote_over_champion_moves_aliases_stages_and_clears_challenger(reg):
     assert info.tag("trigger") == "drift"
     assert info.tag("data_rows") == "120"
     assert reg.info(1).stage == "Production"
-    registered = reg.store.audit_log(NAME, ["registered"])
+    registered = moves(reg, ["registered"])
     assert [(e["version"], e["run_id"], e["actor"], e["details"]) for e in registered] == [
         (2, "r2", "airflow", {"trigger": "drift", "data_rows": 120})
     ]
@@ -481,7 +492,7 @@ def test_crash_at_step_then_rerun_converges(step, reg, clean_states, monkeypatch
     final = open_registry()
     assert_same_state(snapshot(final), clean_states[move])
     same_move = [
-        e for e in final.store.audit_log(NAME) if (e["action"], e["version"], e["run_id"]) == (action, version, RUN)
+        e for e in moves(final) if (e["action"], e["version"], e["run_id"]) == (action, version, RUN)
     ]
     assert len(same_move) == 1
 
@@ -681,7 +692,7 @@ def assert_one_history(r: Registry) -> None:
     log leaves them. Two moves that interleave break this: both replace the same champion."""
     champion = previous = None
     verdict: dict[int, str] = {}
-    for e in r.store.audit_log(r.name):
+    for e in moves(r):
         action, version, details = e["action"], e["version"], e["details"]
         if action == "registered":
             verdict[version] = "pending"
