@@ -333,6 +333,7 @@ def run_celery(args: argparse.Namespace) -> dict[str, Any]:
         if not live.wait_ready(600):
             raise RuntimeError(f"production stack did not start; see {live.logs}")
         stack_start = round(time.monotonic() - started, 1)
+        os.environ.update(live.client_env())  # its generated Airflow login and MLflow basic-auth credentials
         api = AirflowApi(live.airflow_url)
         wait_parsed(api, 300)
         api.unpause(CT)

@@ -27,15 +27,19 @@ class ApiError(RuntimeError):
 
 class AirflowApi:
     """``AirflowApi(url, user, password)``; defaults from ``DRIFTLINE_AIRFLOW_URL`` (http://127.0.0.1:8080),
-    ``DRIFTLINE_AIRFLOW_USER`` / ``DRIFTLINE_AIRFLOW_PASSWORD`` (admin / admin, the dev login)."""
+    ``DRIFTLINE_AIRFLOW_USER`` / ``DRIFTLINE_AIRFLOW_PASSWORD`` (else admin and the password
+    ``driftline up`` generated for this state folder, see :func:`driftline.env.airflow_login`)."""
 
     def __init__(self, url: str | None = None, user: str | None = None, password: str | None = None,
                  timeout: float = 30) -> None:
         self.base = (url or os.environ.get("DRIFTLINE_AIRFLOW_URL") or "http://127.0.0.1:8080").rstrip("/")
         self.timeout = timeout
         self.token: str | None = None
-        body = {"username": user or os.environ.get("DRIFTLINE_AIRFLOW_USER") or "admin",
-                "password": password or os.environ.get("DRIFTLINE_AIRFLOW_PASSWORD") or "admin"}
+        if not password:
+            from driftline.env import airflow_login  # the state folder's generated admin password
+
+            user, password = airflow_login(user)
+        body = {"username": user or os.environ.get("DRIFTLINE_AIRFLOW_USER") or "admin", "password": password}
         self.token = self.call("POST", "/auth/token", body)["access_token"]
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:

@@ -27,12 +27,10 @@ from pathlib import Path
 
 from driftline import env
 from driftline.stack import (
-    DEV_PASSWORD,
-    DEV_USER,
     MLFLOW_SERVER_ENV,
     free_port,
+    login_lines,
     port_free,
-    seed_dev_login,
     serve,
     stop,
     wait_http,
@@ -164,6 +162,9 @@ class ProductionStack:
         self.named: dict[str, subprocess.Popen] = {}
         self.logs: Path | None = None
         self.env: dict[str, str] = {}
+        self.mlflow_auth_dir: Path | None = None
+        self.mlflow_server_env: dict[str, str] = {}  # basic-auth config, admin password: MLflow's only
+        self.new_password: str | None = None  # set when this start generated the Airflow admin's password
 
     # ---- configuration ----------------------------------------------------------------------------
 
@@ -207,11 +208,15 @@ class ProductionStack:
                 else:
                     os.environ[key] = value
         airflow_home = Path(base["AIRFLOW_HOME"])
+        self.mlflow_auth_dir = home / "mlflow_auth"
+        self.mlflow_server_env = env.mlflow_auth(self.mlflow_auth_dir)
         return {
             **base, **wanted,
             "DRIFTLINE_HOME": str(settings.home),
-            "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET")
-            or env.jwt_secret(airflow_home),
+            # JWT secret, [api] secret_key, fernet key: one of each per state folder, 0600.
+            **env.airflow_secrets(airflow_home),
+            # Tasks and the CLI log in to MLflow's basic-auth app (MLflow's client reads these).
+            **env.mlflow_client_env(self.mlflow_auth_dir),
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": urls["airflow_db"],
             "AIRFLOW__CELERY__BROKER_URL": self.redis,
@@ -221,6 +226,7 @@ class ProductionStack:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.airflow_port),
             "AIRFLOW__API__BASE_URL": self.airflow_url,
+            "DRIFTLINE_AIRFLOW_URL": self.airflow_url,  # driftline trigger / publish-labels --via rest
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
             # Every component may run a log server; each gets a free port so none collides.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
@@ -253,7 +259,8 @@ class ProductionStack:
         Store(self.env["DRIFTLINE_STORE_URL"])  # the store's tables, once, before tasks race to make them
         airflow_home = Path(self.env["AIRFLOW_HOME"])
         airflow_home.mkdir(parents=True, exist_ok=True)
-        seed_dev_login(airflow_home)
+        password, made = env.airflow_admin_password(airflow_home)
+        self.new_password = password if made else None
         self._write_env_file(home / "production.env")
         migrate = subprocess.run([env.airflow_bin(), "db", "migrate"], env={**os.environ, **self.env},
                                  capture_output=True, text=True, check=False)
@@ -262,7 +269,7 @@ class ProductionStack:
             raise RuntimeError(f"airflow db migrate failed; see {self.logs / 'db-migrate.log'}:\n"
                                f"{migrate.stderr[-2000:]}")
         urls = self.urls()
-        self._spawn("mlflow", mlflow_command(self.mlflow_port, urls["mlflow_db"], artifacts))
+        self._spawn("mlflow", mlflow_command(self.mlflow_port, urls["mlflow_db"], artifacts), self.mlflow_server_env)
         for component in COMPONENTS:
             self._spawn(component, [env.airflow_bin(), component])
         for index in range(1, self.n_workers + 1):
@@ -341,18 +348,24 @@ class ProductionStack:
         stop(self.procs)
         kill_tree(tree)
 
+    def client_env(self) -> dict[str, str]:
+        """What a client of this stack (a test, a benchmark, a shell) needs to log in to both servers."""
+        user, password = env.stored_login(Path(self.env["AIRFLOW_HOME"]))
+        return {"DRIFTLINE_AIRFLOW_URL": self.airflow_url, "DRIFTLINE_AIRFLOW_USER": user,
+                "DRIFTLINE_AIRFLOW_PASSWORD": password,
+                **{k: self.env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}}
+
     def _write_env_file(self, path: Path) -> None:
         """The stack's environment for running ``airflow`` / ``driftline`` by hand: ``set -a; . <file>``."""
         keep = {k: v for k, v in self.env.items() if k.startswith(("AIRFLOW", "DRIFTLINE_", "MLFLOW_"))}
-        path.write_text("".join(f"{key}={shlex.quote(value)}\n" for key, value in sorted(keep.items())))
-        path.chmod(0o600)  # it holds the JWT secret
+        env.write_private(path, "".join(f"{key}={shlex.quote(value)}\n" for key, value in sorted(keep.items())))
 
 
 def mlflow_command(port: int, backend: str, artifacts: Path) -> list[str]:
     from driftline.stack import mlflow_server_command
     from ml.settings import get_settings
 
-    return mlflow_server_command(get_settings(), port, backend_store_uri=backend, artifacts=artifacts)
+    return mlflow_server_command(get_settings(), port, backend_store_uri=backend, artifacts=artifacts, basic_auth=True)
 
 
 def up(airflow_port: int = 8080, mlflow_port: int = 5000, workers: int = 2) -> int:
@@ -363,8 +376,10 @@ def up(airflow_port: int = 8080, mlflow_port: int = 5000, workers: int = 2) -> i
         preflight=lambda: service_problem(stack.pg, stack.redis),
         starting=f"Starting the production stack: PostgreSQL databases {', '.join(stack.databases.values())}, "
                  f"MLflow server, Airflow with {workers} Celery worker(s) ...",
-        banner=lambda: [f"  Airflow UI : {stack.airflow_url}   (login {DEV_USER} / {DEV_PASSWORD})",
-                        f"  MLflow UI  : {stack.mlflow_url}",
+        banner=lambda: [f"  Airflow UI : {stack.airflow_url}",
+                        *login_lines(Path(stack.env["AIRFLOW_HOME"]), stack.new_password),
+                        (f"  MLflow UI  : {stack.mlflow_url}   (login {env.MLFLOW_ADMIN}, password in "
+                         f"{stack.mlflow_auth_dir / 'admin_password'})"),
                         f"  Processes  : mlflow, {', '.join(COMPONENTS)}, {', '.join(stack.workers)}",
                         f"  Logs       : {stack.logs}",
                         f"  Env        : set -a; . {stack.logs.parent / 'production.env'}; set +a   (by hand)"],

@@ -47,9 +47,9 @@ def _need_browser() -> None:
 class Api:
     """Airflow REST API v2 with a JWT, for waiting on runs (the UI is what the test checks)."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, user: str, password: str) -> None:
         self.base = base
-        self.token = self.call("POST", "/auth/token", {"username": "admin", "password": "admin"})["access_token"]
+        self.token = self.call("POST", "/auth/token", {"username": user, "password": password})["access_token"]
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -118,7 +118,9 @@ def live(tmp_path_factory):
             if not live_stack.wait_ready(420):
                 logs = "\n".join((live_stack.logs / f).read_text()[-3000:] for f in ("airflow.log", "mlflow.log"))
                 pytest.fail(f"stack did not start:\n{logs}")
-            yield {"stack": live_stack, "ctx": ctx, "api": Api(live_stack.airflow_url),
+            login = live_stack.client_env()  # the admin password `make up` generated for this state folder
+            yield {"stack": live_stack, "ctx": ctx, "login": login,
+                   "api": Api(live_stack.airflow_url, login["DRIFTLINE_AIRFLOW_USER"], login["DRIFTLINE_AIRFLOW_PASSWORD"]),
                    "startup_seconds": time.monotonic() - started}
         finally:
             live_stack.stop()
@@ -202,10 +204,10 @@ def test_trigger_form_graph_links_and_rollback_in_the_browser(live, page):
     api, ctx, stack = live["api"], live["ctx"], live["stack"]
     base = stack.airflow_url
 
-    # Log in (SimpleAuthManager, the dev login `make up` prints).
+    # Log in (SimpleAuthManager, the login `make up` generated for this state folder).
     page.goto(base + "/")
-    page.locator("input[name=username]").fill("admin")
-    page.locator("input[name=password]").fill("admin")
+    page.locator("input[name=username]").fill(live["login"]["DRIFTLINE_AIRFLOW_USER"])
+    page.locator("input[name=password]").fill(live["login"]["DRIFTLINE_AIRFLOW_PASSWORD"])
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{base}/", timeout=60_000)
     shot(page, "01-airflow-home")

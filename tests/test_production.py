@@ -130,6 +130,8 @@ def live(tmp_path_factory, request):
             if not live_stack.wait_ready(600):
                 pytest.fail(f"production stack did not start:\n{_tails(live_stack)}")
             TIMINGS["start stack (DBs, migrate, MLflow, Airflow, 2 workers)"] = time.monotonic() - started
+            for key, value in live_stack.client_env().items():  # generated Airflow login, MLflow basic auth
+                mp.setenv(key, value)
             mark = time.monotonic()
             settings = get_settings()
             contexts = {name: Context.open(load_config(models / f"{name}.yaml"), settings) for name in (A, B)}
