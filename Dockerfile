@@ -23,8 +23,9 @@ COPY models models
 COPY deploy deploy
 RUN install -m 0755 deploy/entrypoint.sh /usr/local/bin/driftline-entrypoint \
     && useradd --uid 50000 --gid 0 --home-dir /opt/airflow --no-create-home driftline \
-    && mkdir -p /opt/airflow /data /mlartifacts \
-    && chown -R 50000:0 /opt/airflow /data /mlartifacts
+    && mkdir -p /opt/airflow /data /mlartifacts /mlflow-auth \
+    && chown -R 50000:0 /opt/airflow /data /mlartifacts /mlflow-auth \
+    && chmod 0700 /mlflow-auth
 
 # Named volumes mounted on these folders start with this ownership.
 USER 50000

@@ -24,6 +24,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yaml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
+# The override that publishes MLflow's port (docker compose -f docker-compose.yaml -f <this>).
+MLFLOW_PORT_TEXT = (ROOT / "deploy" / "compose.mlflow-port.yaml").read_text()
+MLFLOW_PORT = yaml.safe_load(MLFLOW_PORT_TEXT)
 SERVICES: dict[str, dict] = COMPOSE["services"]
 AIRFLOW = [name for name in SERVICES if name.startswith("airflow-")]
 LONG_RUNNING = [name for name, s in SERVICES.items() if s.get("restart") != "no"]
@@ -256,24 +259,27 @@ def test_every_command_parses_with_the_installed_airflow_mlflow_and_celery(tmp_p
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [], out.stderr[-3000:]
 
 
-def _host_ports() -> list[tuple[str, str, str]]:
+def _host_ports(services: dict) -> list[tuple[str, str, str, str]]:
+    """(service, host address, host port, container port) of each published port."""
     found = []
-    for name, spec in RESOLVED["services"].items():
+    for name, spec in services.items():
         for mapping in spec.get("ports", []):
-            host, container = str(mapping).rsplit(":", 1)
-            found.append((name, host, container))
+            bind, host, container = str(mapping).split(":")
+            found.append((name, bind, host, container))
     return found
 
 
 def test_host_ports_do_not_collide_and_reach_the_listening_port():
-    ports = _host_ports()
-    hosts = [host for _, host, _ in ports]
+    # docker-compose.yaml publishes the Airflow UI only; the override adds MLflow's.
+    ports = _host_ports(RESOLVED["services"]) + _host_ports(interpolate(MLFLOW_PORT, ENV_EXAMPLE)["services"])
+    hosts = [host for _, _, host, _ in ports]
     assert len(hosts) == len(set(hosts)), ports
     listening = {"airflow-apiserver": str(_airflow_cfg_port()),
                  "mlflow": next(a.split("=")[1] for a in command_of("mlflow") if a.startswith("--port="))}
-    assert {(name, container) for name, _, container in ports} == set(listening.items())
-    # Overridable from .env, defaulting to the usual ports.
-    assert [(n, h) for n, h, _ in ports] == [("mlflow", "5000"), ("airflow-apiserver", "8080")]
+    assert {(name, container) for name, _, _, container in ports} == set(listening.items())
+    # Overridable from .env, defaulting to the usual ports, on this machine's loopback only.
+    assert [(n, b, h) for n, b, h, _ in ports] == [("airflow-apiserver", "127.0.0.1", "8080"),
+                                                   ("mlflow", "127.0.0.1", "5000")]
 
 
 def test_the_worker_can_be_scaled():
@@ -341,7 +347,7 @@ def test_images_and_builds_are_consistent():
     assert "pip install --no-deps -e ." in DOCKERFILE
     deps = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     for package in ("apache-airflow==", "apache-airflow-providers-celery", "apache-airflow-providers-redis",
-                    "mlflow==", "psycopg2-binary"):
+                    "mlflow[auth]==", "psycopg2-binary"):
         assert package in deps, f"pyproject.toml lacks {package}"
     assert 'ENTRYPOINT ["driftline-entrypoint"]' in DOCKERFILE
     assert "deploy/entrypoint.sh /usr/local/bin/driftline-entrypoint" in DOCKERFILE
@@ -377,9 +383,10 @@ def test_named_volumes_are_declared_and_bind_mounts_exist():
 
 
 def test_env_example_lists_every_variable_the_compose_file_uses():
-    used = set(re.findall(r"(?<!\$)\$\{(\w+)", COMPOSE_TEXT))
+    used = set(re.findall(r"(?<!\$)\$\{(\w+)", COMPOSE_TEXT + MLFLOW_PORT_TEXT))
     required = set(re.findall(r"(?<!\$)\$\{(\w+):\?", COMPOSE_TEXT))
-    assert required >= {"POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_ADMIN_PASSWORD"}
+    assert required >= {"POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_ADMIN_PASSWORD",
+                        "AIRFLOW_API_SECRET_KEY", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY"}
     assert set(ENV_EXAMPLE) == used, (set(ENV_EXAMPLE) ^ used)
     interpolate(COMPOSE, ENV_EXAMPLE)  # nothing required is missing
     with pytest.raises(KeyError, match="POSTGRES_PASSWORD: set it in .env"):
