@@ -84,7 +84,10 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, quiet: bool = Tr
         # dag.test() serves the Execution API in process through Starlette's TestClient, which warns
         # about its own httpx use on first import; nothing a Driftline user can act on.
         warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient` is deprecated")
-    dag_run = dag.test(run_conf=conf, logical_date=datetime.now(UTC))
+    from driftline import tasklogs
+
+    with tasklogs.written():  # dag.test() writes no task log files: the UI would show none for this run
+        dag_run = dag.test(run_conf=conf, logical_date=datetime.now(UTC))
     states = {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state)
               for ti in dag_run.get_task_instances()}
     state = dag_run.state.value if hasattr(dag_run.state, "value") else str(dag_run.state)
