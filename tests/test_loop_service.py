@@ -304,7 +304,7 @@ class _Flaky:
 def test_registry_down_fails_the_run_and_the_next_run_converges(config, stream, step):
     from mlflow.exceptions import MlflowException
 
-    sim, frame, ctx = _champion_ctx(config, stream)
+    _, _, ctx = _champion_ctx(config, stream)
     flaky = _Flaky(ctx.registry.client)
     ctx.registry.client = flaky
     real = {name: getattr(loop, name) for name in ("guard_champion", "evaluate_candidate", "promote")}

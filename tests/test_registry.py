@@ -912,3 +912,23 @@ def test_moves_hold_the_lock_while_they_write(reg, monkeypatch):
         f"model '{NAME}': another registry move held its lock for more than 0.05 s; retry later"
     }
     assert _try_lock(reg.store, NAME, 1) == "acquired"
+
+
+def test_an_unreachable_tracking_server_is_an_error_not_no_champion(fresh, monkeypatch):
+    """MLflow's own client against a port nothing listens on: reads raise, they never mean "none"."""
+    import socket
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    url = f"http://127.0.0.1:{port}"
+    down = Registry(NAME, Store(get_settings().store_url), MlflowClient(tracking_uri=url, registry_uri=url))
+    with pytest.raises(MlflowException):
+        down.champion()
+    with pytest.raises(MlflowException):
+        down.exists()

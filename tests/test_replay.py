@@ -198,6 +198,8 @@ def test_guard_rolls_back_a_champion_worse_than_its_predecessor():
     # v2, always "no", becomes champion through the registry's own moves.
     bad = DummyClassifier(strategy="constant", constant="no").fit(np.zeros((2, 1)), ["no", "yes"])
     v2 = d.registry.register(LoggedModel("memory", "bad", None, None, bad))
+    d.registry.mark_challenger(v2, {"mlflow_run_id": "bad", "model_source": d.registry.source(v2)}, run_id="test",
+                               actor="test")  # registered as train_candidate registers: its lineage is known
     d.registry.set_tags(v2, {"data_start": data.batch_starts[0].isoformat(), "data_end": data.batch_ends[3].isoformat(),
                              "eval_accuracy": 0.99})
     d.registry.promote(v2, run_id="test", actor="test", reasons=["test"], data_time=data.batch_ends[3])
@@ -393,6 +395,18 @@ def test_bench_replay_smoke(tmp_path):
     assert smoke["label_delay"] == 1
     assert Path(smoke["plot"]).exists() and Path(smoke["plot"]).parent == tmp_path
     assert payload["machine"]["cpus"] >= 1
+    # The frontier picture and its words; both pictures come back from replay.json alone.
+    frontier = Path(smoke["frontier_plot"])
+    assert frontier == tmp_path / "frontier_smoke.png" and frontier.exists()
+    assert "| vs schedule |" in section and "**Against fixed schedules.**" in section
+    assert "![smoke: retrains against accuracy](bench/frontier_smoke.png)" in section
+    frontier.unlink()
+    Path(smoke["plot"]).unlink()
+    (tmp_path / "replay.md").unlink()
+    assert bench.main(["--markdown-only", "--out", str(tmp_path)]) == 0
+    assert frontier.exists() and Path(smoke["plot"]).exists()
+    assert (tmp_path / "replay.md").read_text() == section
+    assert json.loads((tmp_path / "replay.json").read_text()) == payload  # not rewritten
 
 
 def test_bench_skips_a_data_set_whose_file_is_absent(tmp_path):
@@ -423,3 +437,258 @@ def test_replay_relative_drop_against_the_served_level(tmp_path):
     first = next(e for e in result.strategy("driftline").events if e["kind"] == "retrain" and e["batch"] >= 4)
     assert first["batch"] == 8
     assert re.search(r"worse than in its first \S+ served \(\d\.\d{3}\)", first["detail"]), first["detail"]
+
+
+# ---- the schedule frontier ----------------------------------------------------------------------
+
+
+def test_interpolate_joins_the_points_and_never_extrapolates():
+    points = [(16, 0.76), (0, 0.62), (32, 0.77), (131, 0.78)]  # any order
+    assert replay.interpolate(points, 16) == pytest.approx(0.76)
+    assert replay.interpolate(points, 24) == pytest.approx(0.765)  # halfway between 16 and 32
+    assert replay.interpolate(points, 8) == pytest.approx(0.69)
+    assert replay.interpolate(points, 0) == pytest.approx(0.62)
+    assert replay.interpolate(points, 131) == pytest.approx(0.78)
+    assert replay.interpolate(points, 132) is None and replay.interpolate(points, -1) is None
+    assert replay.interpolate([], 3) is None
+    # Two schedules with as many retrains (k=12 and k=16 on a short stream): the better one counts.
+    assert replay.interpolate([(0, 0.5), (4, 0.7), (4, 0.6)], 4) == pytest.approx(0.7)
+    assert replay.interpolate([(0, 50.0), (4, 40.0), (4, 45.0)], 2, greater_is_better=False) == pytest.approx(45.0)
+    with pytest.raises(ValueError, match="points: every x and y must be finite"):
+        replay.interpolate([(0, float("nan")), (4, 0.7)], 2)
+
+
+def hand_result(metric: str = "accuracy", scores: dict | None = None, failures: int = 0) -> replay.ReplayResult:
+    """A result with given (retrains, metric) per strategy; Driftline variants are those with steps."""
+    scores = scores or {"static": (0, 0.60), "every_1": (100, 0.80), "every_4": (25, 0.76),
+                        "every_1_held_out": (100, 0.99), "driftline": (20, 0.78), "driftline_lazy": (10, 0.60)}
+    strategies = [replay.StrategyResult(name, value, retrains, retrains, 0, 0,
+                                        failures if name.startswith("driftline") else 0, 0.0, [], [], [])
+                  for name, (retrains, value) in scores.items()]
+    steps = {name: [] for name in scores if name.startswith("driftline")}
+    return replay.ReplayResult("toy", metric, metric != "mae", "classification", 100, 104, 4, "1w", 0, 4,
+                               [], strategies, steps, {}, 1.0)
+
+
+def test_frontier_gap_is_positive_when_driftline_beats_the_schedule():
+    result = hand_result()
+    frontier = replay.schedule_frontier(result)
+    # The held-out baseline trains on another window: not a point of the frontier.
+    assert [(p.tag, p.retrains) for p in frontier] == [("static", 0), ("k=4", 25), ("k=1", 100)]
+    gaps = replay.frontier_gaps(result)
+    assert set(gaps) == {"driftline", "driftline_lazy"}
+    assert gaps["driftline"] == pytest.approx(0.78 - (0.60 + 20 / 25 * 0.16))  # above the line: +0.052
+    assert gaps["driftline_lazy"] == pytest.approx(0.60 - (0.60 + 10 / 25 * 0.16))  # below: -0.064
+    # MAE: lower is better, so the sign flips: below the line is positive.
+    mae = hand_result("mae", {"static": (0, 130.0), "every_1": (100, 40.0), "every_4": (25, 45.0),
+                              "driftline": (25, 43.0), "driftline_worse": (25, 50.0)})
+    assert replay.frontier_gaps(mae) == {"driftline": pytest.approx(2.0), "driftline_worse": pytest.approx(-5.0)}
+
+
+def test_frontier_gap_outside_the_schedules_is_none_and_says_so():
+    result = hand_result(scores={"every_1": (100, 0.80), "every_4": (25, 0.76), "driftline": (10, 0.9)})
+    assert replay.frontier_gaps(result) == {"driftline": None}  # no static: nothing below 25 retrains
+    assert "| Driftline | 0.9 | 10 | 10 | 0 | 0 | 0 | outside |" in result.table_markdown()
+
+
+def test_printed_table_counts_failed_candidates_and_the_gap():
+    table = hand_result(failures=3).table_markdown()
+    assert table.splitlines()[0].startswith("| strategy | accuracy | retrains | promotions | rejections | failed | "
+                                            "rollbacks | vs schedule |")
+    assert "| Driftline | 0.78 | 20 | 20 | 0 | 3 | 0 | +0.052 |" in table
+    assert "| retrain every 4 batches | 0.76 | 25 | 25 | 0 | 0 | 0 |  |" in table
+    text = replay.frontier_text(hand_result())
+    assert "static: 0 retrains, 0.6 · k=4: 25 retrains, 0.76 · k=1: 100 retrains, 0.8" in text
+    assert "+ means better (above the line)" in text
+    assert "+ means better (below the line)" in replay.frontier_text(hand_result("mae"))
+
+
+def test_frontier_plot_is_drawn_from_the_saved_json_alone(tmp_path):
+    saved = json.loads(json.dumps(hand_result().to_dict()))  # what replay.json holds
+    path = replay.frontier_plot(replay.ReplayResult.from_dict(saved), tmp_path / "f" / "frontier.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
+
+
+# ---- the decision log and the command line on a user's CSV --------------------------------------
+
+
+def write_inputs(tmp_path: Path, frame: pd.DataFrame, raw: dict | None = None, **csv_kwargs) -> tuple[Path, Path]:
+    import yaml
+
+    csv_path, config = tmp_path / "data.csv", tmp_path / "policy.yaml"
+    frame.to_csv(csv_path, **{"index": False, **csv_kwargs})
+    config.write_text(yaml.safe_dump(raw or raw_config()))
+    return csv_path, config
+
+
+def cli(argv: list[str]) -> int:
+    from driftline.cli import main
+
+    return main(["replay", *argv])
+
+
+def test_decisions_csv_has_one_line_per_driftline_step(tmp_path, capsys):
+    csv_path, config = write_inputs(tmp_path, stream(flip_at=8))
+    decisions, frontier = tmp_path / "out" / "decisions.csv", tmp_path / "frontier.png"
+    code = cli([str(csv_path), "--config", str(config), "--target", "y", "--time", "when", "--batch-rows", "60",
+                "--every", "1,3", "--every", "6", "--decisions", str(decisions), "--frontier-plot", str(frontier),
+                "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "| retrain every 3 batches |" in printed and "| retrain every 6 batches |" in printed
+    assert "schedule frontier (accuracy): static: 0 retrains" in printed and "k=6: 1 retrains" in printed
+    assert frontier.read_bytes()[:4] == b"\x89PNG"
+    log = pd.read_csv(decisions)
+    assert tuple(log.columns) == replay.DECISION_COLUMNS
+    assert (log["variant"] == "driftline").all()
+    assert log["batch"].tolist() == list(range(3, 14))  # the first model's step, then every predicted batch
+    first = log.iloc[0]
+    assert first["trigger"] == "time" and first["action"] == "promoted" and first["champion"] == 1
+    flip = log[log["batch"] == 8].iloc[0]  # the concept flip: the floor rule fires, a candidate is judged
+    assert flip["trigger"] != "none" and "floor" in flip["reasons"]
+    assert flip["candidate"] >= 2 and flip["verdict"] in ("promote", "reject")
+    assert flip["action"] in ("promoted", "rejected")
+    quiet = log[log["batch"] == 5].iloc[0]
+    assert quiet["action"] == "skipped" and pd.isna(quiet["candidate"]) and 0.8 < quiet["live_metric"] <= 1.0
+    assert f"decisions: {decisions}" in printed
+
+
+def test_decision_rows_cover_every_variant():
+    data = prepared(stream(batches=8))
+    result = replay.run(data, variants={"driftline": data.config, "driftline_twin": data.config})
+    rows = replay.decision_rows(result)
+    assert [r["variant"] for r in rows] == ["driftline"] * 5 + ["driftline_twin"] * 5
+    assert all(isinstance(r["reasons"], str) and isinstance(r["held_back"], str) for r in rows)
+
+
+def test_unnamed_index_column_is_dropped_with_a_note(tmp_path, capsys):
+    csv_path, config = write_inputs(tmp_path, stream(), index=True)  # pandas writes the index, header cell empty
+    assert "Unnamed: 0" in pd.read_csv(csv_path).columns
+    data = replay.prepare(pd.read_csv(csv_path), options(), raw_config())
+    assert data.config.feature_names == ["x", "z", "colour"]
+    assert any("'Unnamed: 0'" in note and "not a feature" in note for note in data.notes)
+    # Named on purpose, it stays.
+    kept = replay.prepare(pd.read_csv(csv_path), options(features=("x", "Unnamed: 0")), raw_config())
+    assert kept.config.feature_names == ["x", "Unnamed: 0"] and not kept.notes
+    assert cli([str(csv_path), "--config", str(config), "--target", "y", "--time", "when", "--batch-rows", "60",
+                "--every", "4", "--max-batches", "5", "--quiet"]) == 0
+    assert "note: dropped column(s) 'Unnamed: 0'" in capsys.readouterr().err
+
+
+def test_unsorted_rows_are_sorted_by_time_with_a_note():
+    frame = stream()
+    shuffled = frame.sample(frac=1.0, random_state=3)
+    data = replay.prepare(shuffled, options(), raw_config())
+    in_order = replay.prepare(frame, options(), raw_config())
+    assert data.frame["x"].tolist() == in_order.frame["x"].tolist()
+    assert len(data.notes) == 1 and "not in time order" in data.notes[0] and "sorted by time" in data.notes[0]
+    assert not in_order.notes
+
+
+def test_without_a_time_column_a_note_says_rows_are_an_hour_apart(tmp_path, capsys):
+    csv_path, config = write_inputs(tmp_path, stream().drop(columns="when"))
+    assert cli([str(csv_path), "--config", str(config), "--target", "y", "--batch-rows", "60", "--every", "4",
+                "--max-batches", "5", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "note: no time column (--time): rows are replayed in file order, 1h apart (--row-interval)" in err
+
+
+@pytest.mark.parametrize("declared", [None, "numerical"])
+def test_text_in_a_numerical_feature_names_the_column_and_a_value(declared):
+    frame = stream()
+    frame["x"] = frame["x"].astype(object)
+    frame.loc[100, "x"] = "abc"
+    raw = raw_config()
+    if declared:
+        raw["features"] = [{"name": "x", "kind": declared}, {"name": "z", "kind": "numerical"}]
+    with pytest.raises(ReplayError) as caught:
+        replay.prepare(frame, options(), raw)
+    message = str(caught.value)
+    assert message.startswith("features: column 'x' ")
+    assert "1 non-numeric value(s), e.g. 'abc' in row 101 of the file" in message
+    assert "kind: categorical" in message  # the way out, if it really is text
+    # A real text column stays categorical.
+    assert "colour" in replay.prepare(stream(), options(), raw_config()).config.categorical
+
+
+def test_too_few_rows_for_the_first_model_say_what_to_change(tmp_path, capsys):
+    frame = stream().head(80)
+    with pytest.raises(ReplayError, match=r"^initial_batches: the first 4 batch\(es\) hold 40 row\(s\); .* "
+                                          r"training.min_rows \(50\) besides the holdout \(36h\)"):
+        replay.prepare(frame, options(batch_rows=10), raw_config())
+    # Enough rows, but the 36 h holdout leaves 16 to train on: said once, without a "driftline:" prefix.
+    csv_path, config = write_inputs(tmp_path, frame)
+    assert cli([str(csv_path), "--config", str(config), "--target", "y", "--time", "when", "--batch-rows", "13",
+                "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("driftline: error: initial_batches: Driftline could not train a first model on the "
+                          "first 4 batch(es) (52 rows): ")
+    assert err.count("driftline:") == 1
+    assert "16 row(s), at least 50 needed" in err and "a shorter windows.holdout (now 36h)" in err
+
+
+def test_errors_show_durations_in_words():
+    with pytest.raises(ReplayError, match=r"^period: must be positive, got -1h$"):
+        options(batch_rows=None, period=timedelta(hours=-1)).check()
+    raw = raw_config()
+    raw["windows"] = {"holdout": "11d"}
+    with pytest.raises(ReplayError) as caught:
+        replay.prepare(stream(), options(), raw)
+    assert "windows.holdout (11d)" in str(caught.value) and "10d" in str(caught.value)
+    assert "day" not in str(caught.value) and ":00" not in str(caught.value)
+
+
+def test_missing_columns_list_the_columns_there_are(tmp_path, capsys):
+    csv_path, config = write_inputs(tmp_path, stream())
+    assert cli([str(csv_path), "--config", str(config), "--target", "y", "--time", "whenx", "--batch-rows", "60"]) == 2
+    assert "time_column: column 'whenx' not in the data (columns: when, x, z, colour, y)" in capsys.readouterr().err
+    assert cli([str(csv_path), "--config", str(config), "--target", "label", "--batch-rows", "60"]) == 2
+    assert "target: column 'label' not in the data (columns: when, x, z, colour, y)" in capsys.readouterr().err
+
+
+def test_every_takes_a_comma_list_and_refuses_nonsense(capsys):
+    from driftline.replay_cli import main
+
+    with pytest.raises(SystemExit):
+        main(["data.csv", "--config", "c.yaml", "--target", "y", "--batch-rows", "10", "--every", "1,zero"])
+    assert "--every: expected whole numbers of batches, comma-separated, got '1,zero'" in capsys.readouterr().err
+
+
+def test_help_shows_a_complete_example_that_parses(capsys):
+    import yaml
+
+    from driftline.replay_cli import DESCRIPTION, add_arguments, options_from_args
+    from ml.config import parse_config
+
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    shown = capsys.readouterr().out
+    assert "Complete example" in shown and "--decisions decisions.csv" in shown
+    # The YAML in the example is a config the replay accepts, the command's arguments parse.
+    block = DESCRIPTION.split("<<'YAML'\n")[1].split("\n  YAML\n")
+    raw = yaml.safe_load("\n".join(line[2:] for line in block[0].splitlines()))
+    raw.update(name="bike", features=[{"name": "hr", "kind": "numerical"}], target={"name": "cnt"})
+    assert parse_config(raw, "example").promotion.metric == "mae"
+    command = block[1].replace("\\\n", " ").split()
+    assert command[:2] == ["driftline", "replay"]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(command[2:])
+    assert options_from_args(args).every == (1, 2, 4, 8, 16) and args.decisions == Path("decisions.csv")
+
+
+def test_bench_full_run_replays_every_frontier_schedule(tmp_path, monkeypatch):
+    from bench import replay as bench
+
+    class Seen(Exception):
+        pass
+
+    def fake_run(data, **kwargs):
+        raise Seen(data.options.every)
+
+    monkeypatch.setattr(replay, "run", fake_run)
+    with pytest.raises(Seen) as caught:
+        bench.run_dataset(bench.SMOKE, tmp_path, tmp_path, smoke=False)
+    assert caught.value.args[0] == (1, 2, 3, 4, 6, 8, 12, 16)
