@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,10 @@ REFERENCE = {
 }
 ELEC2_NO_CHANGE = 0.853  # "next label = last label", quoted from ../shared/README.md
 ELEC2_RIVER_ARF = 0.878  # River's adaptive random forest, row by row, quoted from ../shared/README.md
+# The fixed schedules of the full run ("retrain every k batches"): with the static model they draw
+# the frontier each Driftline variant is measured against at its own number of retrains.
+FRONTIER_EVERY = (1, 2, 3, 4, 6, 8, 12, 16)
+SMOKE_EVERY = (1, 4)
 
 # Driftline policies run beside the default (the YAML's) on every data set: each is a patch on the
 # YAML. They are how the defaults were chosen, so they stay in the benchmark.
@@ -156,8 +161,8 @@ def run_dataset(ds: Dataset, workdir: Path, plot_dir: Path, *, smoke: bool = Fal
     raw = yaml.safe_load((CONFIGS / ds.config).read_text())
     if smoke:  # a fast estimator: the smoke run checks the machinery, not the numbers
         raw["estimator"] = {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 300}}
-    options = replay.ReplayOptions(**{"every": (1, 4) if smoke else (1, 4, 8), "every_held_out": () if smoke else (1,),
-                                      **ds.options})
+    options = replay.ReplayOptions(**{"every": SMOKE_EVERY if smoke else FRONTIER_EVERY,
+                                      "every_held_out": () if smoke else (1,), **ds.options})
     frame = replay.read_table(path)
     data = replay.prepare(frame, options, raw, source=str(CONFIGS / ds.config))
     variants = {replay.DRIFTLINE: data.config}
@@ -176,6 +181,7 @@ def run_dataset(ds: Dataset, workdir: Path, plot_dir: Path, *, smoke: bool = Fal
     png = replay.plot(result, plot_dir / f"replay_{ds.name}.png", title=_title(ds.title, result.metric))
     out = result.to_dict()
     out["plot"] = str(png)
+    out["frontier_plot"] = str(replay.frontier_plot(result, _frontier_path(ds.name, out), title=_frontier_title(ds.title)))
     out["policy"] = {name: _policy(cfg) for name, cfg in variants.items()}
     if not smoke:
         out["goal"] = _goal(ds.name, result)
@@ -184,6 +190,32 @@ def run_dataset(ds: Dataset, workdir: Path, plot_dir: Path, *, smoke: bool = Fal
 
 def _title(title: str, metric: str) -> str:
     return f"{title}: batch-prequential {metric}, weekly batches"
+
+
+def _frontier_title(title: str) -> str:
+    return f"{title}: Driftline against fixed retraining schedules"
+
+
+def _frontier_path(name: str, res: dict[str, Any]) -> Path:
+    """Beside the metric-over-time plot (a replay.json written before the frontier plot has none)."""
+    return Path(res.get("frontier_plot") or Path(res["plot"]).parent / f"frontier_{name}.png")
+
+
+def redraw(payload: dict[str, Any]) -> list[Path]:
+    """Both pictures of every data set, from a replay.json payload alone (no replay)."""
+    from ml import replay
+
+    drawn = []
+    for name, res in payload["datasets"].items():
+        if "plot" not in res:
+            continue
+        ds = next((d for d in [*DATASETS, SMOKE] if d.name == name), None)
+        title = ds.title if ds else name
+        result = replay.ReplayResult.from_dict(res)
+        drawn.append(replay.plot(result, res["plot"], title=_title(title, res["metric"])))
+        res["frontier_plot"] = str(replay.frontier_plot(result, _frontier_path(name, res), title=_frontier_title(title)))
+        drawn.append(Path(res["frontier_plot"]))
+    return drawn
 
 
 def _goal(name: str, result: Any) -> dict[str, Any]:
@@ -209,31 +241,64 @@ def _goal(name: str, result: Any) -> dict[str, Any]:
 
 
 def _table(name: str, res: dict[str, Any]) -> str:
-    from ml.replay import label
+    from ml.replay import ReplayResult, frontier_gaps, label
 
     ref = REFERENCE.get(name)
     metric = res["metric"]
-    head = f"| strategy | {metric} | retrains | promotions | rejections | rollbacks |"
-    rule = "|---|---|---|---|---|---|"
+    gaps = frontier_gaps(ReplayResult.from_dict(res))
+    head = f"| strategy | {metric} | retrains | promotions | rejections | failed | rollbacks | vs schedule |"
+    rule = "|---|---|---|---|---|---|---|---|"
     if ref:
         head += " ../shared/README.md |"
         rule += "---|"
     lines = [head, rule]
     fmt = (lambda v: f"{v:.3f}") if metric != "mae" else (lambda v: f"{v:.1f}")
     for s in res["strategies"]:
+        gap = gaps.get(s["name"])
+        vs = "" if s["name"] not in gaps else "outside" if gap is None else f"{gap:+.3f}" if metric != "mae" else f"{gap:+.1f}"
         row = (f"| {label(s['name'])} | {fmt(s['metric'])} | {s['retrains']} | {s['promotions']} | "
-               f"{s['rejections']} | {s['rollbacks']} |")
+               f"{s['rejections']} | {s['failures']} | {s['rollbacks']} | {vs} |")
         if ref:
             row += f" {ref.get(s['name'], '')} |"
         lines.append(row)
+    empty = " |" * 7
     if ref:
-        lines.append(f"| error-rate alarm (ADWIN), quoted | | | | | | {ref['adwin']} |")
-        lines.append(f"| Evidently data-drift alarm, quoted | | | | | | {ref['evidently']} |")
+        lines.append(f"| error-rate alarm (ADWIN), quoted |{empty} {ref['adwin']} |")
+        lines.append(f"| Evidently data-drift alarm, quoted |{empty} {ref['evidently']} |")
     if name == "elec2":
-        lines.append(f"| no-change predictor (next = last label), quoted | {ELEC2_NO_CHANGE} | | | | | {ELEC2_NO_CHANGE} |")
-        lines.append(f"| River adaptive random forest (row by row), quoted | {ELEC2_RIVER_ARF} | | | | | "
+        lines.append(f"| no-change predictor (next = last label), quoted | {ELEC2_NO_CHANGE} |{empty[2:]} {ELEC2_NO_CHANGE} |")
+        lines.append(f"| River adaptive random forest (row by row), quoted | {ELEC2_RIVER_ARF} |{empty[2:]} "
                      f"{ELEC2_RIVER_ARF} |")
     return "\n".join(lines)
+
+
+def _frontier_section(name: str, res: dict[str, Any]) -> list[str]:
+    """What the frontier picture shows, in words, and the picture."""
+    from ml.replay import ReplayResult, frontier_gaps, label, schedule_frontier
+
+    result = ReplayResult.from_dict(res)
+    metric = res["metric"]
+    points = schedule_frontier(result)
+    gaps = frontier_gaps(result)
+    better = "above" if result.greater_is_better else "below"
+    ks = ", ".join(str(k) for k in sorted(p.every for p in points if p.every is not None))
+    shown = ", ".join(f"{p.tag} {_num(metric, p.metric)} ({p.retrains})" for p in points)
+    ahead = [label(n) for n, g in gaps.items() if g is not None and g > 0]
+    default = gaps.get("driftline")
+    verdict = ("" if default is None else
+               f" The default policy is {_num(metric, abs(default))} {'better' if default > 0 else 'worse'} than a "
+               f"fixed schedule with as many retrains ({'beats' if default > 0 else 'does not beat'} the cron);")
+    verdict += (f" Variants on the better side: {len(ahead)} of {len(gaps)}"
+                + (f" ({', '.join(ahead)})." if ahead else "."))
+    return [
+        (f"**Against fixed schedules.** The frontier joins the static model and retrain every k batches (k = {ks}) "
+         f"by their number of retrains, {metric} (retrains): {shown}. *vs schedule* in the table is a Driftline "
+         f"variant's {metric} against that line at its own number of retrains, signed so that + is better "
+         f"({metric} {better} the line); between the static model and the sparsest schedule the line is only a "
+         f"straight guess.{verdict}"),
+        "",
+        f"![{name}: retrains against {metric}](bench/{_frontier_path(name, res).name})",
+    ]
 
 
 def _policy(config: Any) -> str:
@@ -251,7 +316,7 @@ def _policy(config: Any) -> str:
             f"min improvement {p.min_improvement}, significance {p.significance}; rollback {rollback}")
 
 
-def _intro(command: str, seconds: float) -> list[str]:
+def _intro(command: str, seconds: float, ks: str) -> list[str]:
     return [
         "## P3: adaptation quality on real drift (replay)",
         "",
@@ -261,9 +326,11 @@ def _intro(command: str, seconds: float) -> list[str]:
          "`ml/loop.py` computes, and the paired-bootstrap promotion gate (`ml/evaluation.py`). It runs in "
          "process, without a scheduler; the MLflow registry and the store stay out of it for speed (the "
          "champion and its predecessors are kept in memory), so a two-year replay takes minutes. The same run "
-         "replays the baselines: a static model, retrain every batch, retrain every 4 batches, and retrain every "
+         f"replays the baselines: a static model, retrain every k batches (k = {ks}), and retrain every "
          "batch on Driftline's candidate window (the newest `windows.holdout` left out, as Driftline leaves it "
-         "out to judge the candidate)."),
+         "out to judge the candidate). The static model and the fixed schedules, joined by their number of "
+         "retrains, are the *schedule frontier*: what a cron of each size gets. Each data set's picture puts "
+         "every Driftline variant beside it."),
         "",
         ("Protocol (batch-prequential, as in `../shared/README.md`): one-week batches; the first 4 train the "
          "first model; each later batch is predicted by each strategy's current model, then its labels are "
@@ -277,9 +344,11 @@ def _intro(command: str, seconds: float) -> list[str]:
         "",
         "```",
         "driftline replay ../shared/data/elec2/elecNormNew.arff --config bench/configs/elec2.yaml \\",
-        "    --target class --batch-rows 336 --row-interval 30m --every 1 --every 4 --plot elec2.png",
+        "    --target class --batch-rows 336 --row-interval 30m --every 1,2,4,8 --plot elec2.png \\",
+        "    --frontier-plot elec2_frontier.png --decisions elec2_decisions.csv",
         "driftline replay ../shared/data/bike_sharing/hour.csv --config bench/configs/bike.yaml \\",
-        "    --target cnt --time dteday --hour-column hr --period 7d --every 1 --every 4 --plot bike.png",
+        "    --target cnt --time dteday --hour-column hr --period 7d --every 1,2,4,8 --plot bike.png \\",
+        "    --frontier-plot bike_frontier.png --decisions bike_decisions.csv",
         "```",
     ]
 
@@ -450,7 +519,9 @@ LEFT_OUT = """### Left out, and why
 def markdown(results: dict[str, Any], *, smoke: bool, command: str, seconds: float) -> str:
     from ml.replay import label
 
-    lines = _intro(command, seconds)
+    ks = sorted({int(s["name"].split("_")[1]) for res in results.values() for s in res.get("strategies", [])
+                 if re.fullmatch(r"every_\d+", s["name"])})
+    lines = _intro(command, seconds, ", ".join(map(str, ks)) or "none")
     if smoke:
         lines += ["", ("**Smoke run** (tiny synthetic stream, fast estimator): checks the machinery; the numbers "
                        "mean nothing.")]
@@ -469,7 +540,7 @@ def markdown(results: dict[str, Any], *, smoke: bool, command: str, seconds: flo
             goal = res["goal"]
             lines.append(f"Goal ({res['goal_text']}): **{'met' if goal['met'] else 'not met'}**: {goal['detail']}.")
             lines.append("")
-        lines.append(f"![{name}](bench/{Path(res['plot']).name})")
+        lines += _frontier_section(name, res) + ["", f"![{name}](bench/{Path(res['plot']).name})"]
     if not smoke:
         lines += ["", "### Goals", "", *_goals(results), "", "### What the variants show", "", *_findings(results),
                   "", POLICY, LEFT_OUT]
@@ -482,17 +553,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where replay.json and replay.md go")
     parser.add_argument("--only", help="comma-separated data sets (elec2, bike, no_drift)")
     parser.add_argument("--markdown-only", action="store_true",
-                        help="rewrite replay.md and the plots from the replay.json already in --out (no replay)")
+                        help="rewrite replay.md and both plots of each data set (metric over time, retrains against "
+                             "the metric) from the replay.json already in --out (no replay)")
     args = parser.parse_args(argv)
     if args.markdown_only:
-        from ml import replay
-
         payload = json.loads((args.out / "replay.json").read_text())
-        for name, res in payload["datasets"].items():
-            if "plot" in res:
-                ds = next((d for d in [*DATASETS, SMOKE] if d.name == name), None)
-                replay.plot(replay.ReplayResult.from_dict(res), res["plot"], title=_title(ds.title if ds else name,
-                                                                                         res["metric"]))
+        redraw(payload)  # replay.json itself is left as it is
         (args.out / "replay.md").write_text(markdown(payload["datasets"], smoke=payload["smoke"],
                                                      command=payload["command"], seconds=payload["seconds"]))
         print(f"wrote {args.out / 'replay.md'} and the plots")

@@ -1047,6 +1047,9 @@ def frontier_plot(result: ReplayResult, path: str | Path, *, title: str | None =
     ys = [s.metric for s in variants] + [p.metric for p in frontier if p.every is not None]
     ys = ys or [p.metric for p in frontier]
     low, high = min(ys), max(ys)
+    for p in frontier:  # static: shown unless farther off than the span of everything else
+        if p.every is None and max(low - p.metric, p.metric - high) <= (high - low):
+            low, high = min(low, p.metric), max(high, p.metric)
     pad = (high - low) * 0.12 or abs(high) * 0.02 or 0.01
     ax.set_ylim(low - pad, high + pad)
     if frontier:
