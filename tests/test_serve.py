@@ -539,3 +539,41 @@ def test_store_outage_loses_nothing_even_across_a_restart(pg_world, servers, pg_
     finally:
         _store_up(admin, database)
         admin.dispose()
+
+
+# ---- the spool on its own: what a crash can leave behind -------------------------------------------
+
+
+def test_a_spool_left_by_a_crash_is_written_and_what_cannot_be_is_set_aside(home, config):
+    """A process killed mid-append leaves a cut line; a batch the store refuses (here a version that is
+    not a number) must not hold back the ones after it. Both are kept in the rejected file."""
+    from ml.serving import PredictionWriter
+
+    rows = CreditDefaultSimulator(seed=3, rows_per_period=6).batch(0).features
+    features = rows.drop(columns=["row_id", "ts"]).to_dict("records")
+
+    def batch(keys: range, version: object) -> list[dict]:
+        return [{"row_id": f"k{i}", "ts": "2026-11-30T12:00:00+00:00", "features": features[i], "prediction": 0,
+                 "score": 0.25, "model_version": version} for i in keys]
+
+    folder = home / "serving" / "spool"
+    folder.mkdir(parents=True)
+    lines = [json.dumps(batch(range(2), 1)), json.dumps(batch(range(2, 3), "not-a-version")),
+             json.dumps(batch(range(3, 5), 2)), json.dumps(batch(range(5, 6), 2))[:40]]
+    (folder / f"{config.name}.999-deadbeef.jsonl").write_text("\n".join(lines))  # no newline: cut short
+
+    store = Store(get_settings().store_url)
+    writer = PredictionWriter(store.url, config.name, folder, flush_seconds=0.05, retry_seconds=0.05)
+    writer.start()
+    deadline = time.monotonic() + 30
+    while writer.stats.spooled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer.close()
+    stored = _stored(store, config)
+    assert sorted(stored.index) == ["k0", "k1", "k3", "k4"]
+    assert stored["model_version"].tolist() == [1, 1, 2, 2]
+    rejected = [json.loads(line) for line in (folder / f"{config.name}.rejected.jsonl").read_text().splitlines()]
+    by_why = {("JSON" if "not valid JSON" in r["why"] else r["why"].split(":")[0]): r["batch"] for r in rejected}
+    assert sorted(by_why) == ["JSON", "ValueError"], rejected
+    assert by_why["JSON"] == lines[3] and json.loads(by_why["ValueError"])[0]["row_id"] == "k2"
+    assert not [p for p in folder.glob(f"{config.name}.*.jsonl") if "rejected" not in p.name and p.stat().st_size]
