@@ -82,6 +82,31 @@ class AirflowApi:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         return {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
 
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[dict[str, Any] | str]:
+        """One try's log as Airflow 3.3 returns it in JSON: structured entries (``event``, ``level``,
+        ``error_detail``), or plain lines where the log could not be parsed."""
+        path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/"
+                f"{urllib.parse.quote(task_id, safe='')}/logs/{int(try_number)}?full_content=true")
+        return self.call("GET", path).get("content") or []
+
+    def failures(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Each failed task of a run: ``task_id``, ``try_number`` and ``error`` (one line from its log,
+        else its note, else a line saying where to look). Reading a log must not hide the failure itself,
+        so an unreadable log becomes that line, not an exception."""
+        out = []
+        for ti in self.task_instances(dag_id, run_id):
+            if ti.get("state") != "failed":
+                continue
+            try_number = int(ti.get("try_number") or 1)
+            try:
+                error = failure_line(self.task_log(dag_id, run_id, ti["task_id"], try_number))
+            except ApiError as exc:
+                error = f"(log not readable: {exc})"
+            error = error or (ti.get("note") or "").strip() or (
+                f"(no error line in its log; see the task's log in the UI, try {try_number})")
+            out.append({"task_id": ti["task_id"], "try_number": try_number, "error": error})
+        return out
+
     def wait(self, dag_id: str, run_id: str, timeout: float = 900, every: float = 3) -> dict[str, Any]:
         """Poll until the run finishes; returns the run. TimeoutError names the run and its task states."""
         deadline = time.monotonic() + timeout
@@ -106,3 +131,26 @@ class AirflowApi:
 
     def post_asset_event(self, name: str, extra: dict[str, Any]) -> dict[str, Any]:
         return self.call("POST", "/api/v2/assets/events", {"asset_id": self.asset_id(name), "extra": extra})
+
+
+def failure_line(content: list[dict[str, Any] | str]) -> str | None:
+    """The line that says why a task failed, from its log entries: the exception the task raised
+    (``error_detail``: type and message, the outermost exception of a chain), else the last
+    error-level message; None if the log has neither. Pure, so it is tested on hand-made logs."""
+    last_error = None
+    for entry in reversed(content):
+        if not isinstance(entry, dict):
+            continue
+        detail = entry.get("error_detail")
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            exc_type = str(detail[0].get("exc_type") or "Exception")
+            exc_value = str(detail[0].get("exc_value") or "").strip()
+            return f"{exc_type}: {exc_value}" if exc_value else exc_type
+        if last_error is None and str(entry.get("level", "")).lower() in ("error", "critical"):
+            last_error = str(entry.get("event") or "").strip() or None
+    if last_error is None:
+        # Unparsed logs are plain lines: the last one naming an error is the best there is.
+        for line in reversed([e for e in content if isinstance(e, str)]):
+            if "Error" in line or "Exception" in line:
+                return line.strip()
+    return last_error

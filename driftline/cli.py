@@ -297,7 +297,16 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
     run = api.wait(args.dag_id, run["dag_run_id"], timeout=args.timeout)
     print(json.dumps({"run_id": run["dag_run_id"], "state": run["state"],
                       "tasks": api.task_states(args.dag_id, run["dag_run_id"])}, indent=2))
-    return 0 if run["state"] == "success" else 1
+    if run["state"] == "success":
+        return 0
+    # "failed" alone sends a person to the UI to find out which task and why: say both here.
+    failures = api.failures(args.dag_id, run["dag_run_id"])
+    for failure in failures:
+        print(f"failed: {failure['task_id']} (try {failure['try_number']}): {failure['error']}", file=sys.stderr)
+    if not failures:
+        print(f"failed: run {run['dag_run_id']} is {run['state']} but no task failed "
+              "(timed out, or marked failed by hand?)", file=sys.stderr)
+    return 1
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
