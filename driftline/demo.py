@@ -17,8 +17,10 @@ agrees with the timeline, and exits non-zero if any expected step did not happen
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,11 +86,23 @@ def _matches(expect: str, row: dict[str, Any]) -> bool:
     return True
 
 
-def run(reset: bool = True, out: Callable[[str], None] = print) -> int:
+def _say(line: str) -> None:
+    print(line, flush=True)  # a row per day as it finishes, also when piped (| tee)
+
+
+def run(reset: bool = True, out: Callable[[str], None] = _say) -> int:
     from driftline import runner
 
     started = time.monotonic()
+    # Migrating Airflow's DB and importing Airflow and MLflow take a while before the first row: say so.
+    out(f"Driftline demo: model {MODEL}. Preparing Airflow's metadata DB and MLflow ...")
     runner.prepare()
+    import logging
+
+    import mlflow  # noqa: F401  (imported here so that its logger exists to be quieted)
+
+    # "Creating initial MLflow database tables..." on every fresh store is not news to a viewer.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     from ml.config import load_config
     from ml.loop import Context
     from ml.settings import get_settings
@@ -105,24 +119,32 @@ def run(reset: bool = True, out: Callable[[str], None] = print) -> int:
         return 2
     sim = CreditDefaultSimulator(seed=SEED, rows_per_period=800, phases=[DriftPhase(DRIFT_START, 1.0, 1.0)])
     batches: dict[int, Any] = {}
+    delivered_until: list[Any] = [None]  # labels known before this time are stored already
 
     def deliver(period: int) -> None:
-        """Store day ``period``'s applications and every label due by the end of that day."""
-        batch = batches.setdefault(period, sim.batch(period))
+        """Store day ``period``'s applications and the labels that became known during that day
+        (days are delivered in order: each label is stored once, not again every later day)."""
+        if period not in batches:
+            batches[period] = sim.batch(period)
+        batch = batches[period]
         ctx.store.add_observations(MODEL, validate_incoming(batch.features, config), config.feature_names)
         day_end = sim.period_start(period + 1)
-        due = [b.labels[b.labels["labelled_at"] < day_end] for b in batches.values()]
-        for labels in due:
-            if len(labels):
-                ctx.store.add_labels(MODEL, validate_incoming_labels(labels, config))
+        for b in batches.values():
+            known = b.labels["labelled_at"] < day_end
+            if delivered_until[0] is not None:
+                known &= b.labels["labelled_at"] >= delivered_until[0]
+            if known.any():
+                ctx.store.add_labels(MODEL, validate_incoming_labels(b.labels[known], config))
+        delivered_until[0] = day_end
 
-    out(f"Driftline demo: model {MODEL}, state in {settings.home}")
-    out(f"MLflow tracking URI: {settings.tracking_uri}\n")
+    out(f"State in {settings.home}; MLflow tracking URI: {settings.tracking_uri}")
+    out("One row per simulated day: its applications scored by the champion, the labels due, then one real "
+        "continuous-training DAG run (seconds each).\n")
     for period in range(SCENARIO[0].period):
         deliver(period)
 
     rows: list[dict[str, Any]] = []
-    header = f"{'day':>3}  {'step':<24} {'drift':>5} {'live '+config.promotion.metric:>12}  {'trigger':<9} {'action':<11} {'champion':>8}  ok"
+    header = format_header(config.promotion.metric)
     out(header)
     out("-" * len(header))
     for step in SCENARIO:
@@ -143,11 +165,15 @@ def run(reset: bool = True, out: Callable[[str], None] = print) -> int:
         if conf.get("train_until") == "DRIFT_START":
             conf["train_until"] = sim.period_start(DRIFT_START).isoformat()
         result = runner.run_dag(f"{MODEL}_continuous_training", conf)
+        if step.announce_labels:
+            # This run is the one the announcement asked for: it consumes the asset event, as a
+            # scheduler's asset-triggered run would, so `make up` starts no run for it later.
+            runner.consume_queued_asset_events(f"{MODEL}_continuous_training", result.run_id)
         summary = _run_summary(ctx, result.key)
         row = _timeline_row(step, result, summary, ctx)
         row["ok"] = result.ok and _matches(step.expect, row)
         rows.append(row)
-        out(_format_row(row))
+        out(format_row(row))
         if not result.ok:
             out(f"  run failed: {result.task_states}")
 
@@ -167,12 +193,8 @@ def run(reset: bool = True, out: Callable[[str], None] = print) -> int:
     }
     (settings.home / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
     out("\nTimeline (one real continuous-training DAG run per simulated day):")
-    out(header)
-    out("-" * len(header))
-    for row in rows:
-        out(_format_row(row))
-        for reason in (row["reasons"] + [f"held back: {h}" for h in row["held_back"]])[:3]:
-            out(f"{'':>30}{reason[:110]}")
+    for line in timeline(rows, config.promotion.metric):
+        out(line)
     out("")
     for check in checks:
         out(f"registry check: {'ok ' if check['ok'] else 'FAIL'} {check['what']}")
@@ -220,15 +242,94 @@ def _timeline_row(step: Step, result, summary: dict[str, Any], ctx) -> dict[str,
     }
 
 
-def _format_row(row: dict[str, Any]) -> str:
+DETAIL_INDENT = " " * 5  # detail lines sit under the step column
+DETAIL_WIDTH = 110  # and wrap at a word boundary here, never cut mid-word
+ACTION_WIDTH = 10  # "promoted*" is the widest action; the guard has its own column
+
+
+def format_header(metric: str) -> str:
+    """The timeline's column titles; ``format_row`` lines up under them."""
+    return (f"{'day':>3}  {'step':<24} {'drift':>5} {'live ' + metric:>12}  {'trigger':<9} "
+            f"{'action':<{ACTION_WIDTH}} {'guard':<8} {'champion':>8}  ok")
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One timeline row: the day, what the run decided and did, and who is champion after it."""
     drift = "-" if row["drift_share"] is None else f"{row['drift_share']:.2f}"
     live = "-" if row["live_metric"] is None else f"{row['live_metric']:.3f}"
-    action = row["action"] + ("*" if row["forced"] else "")
-    if row["guard"] == "rollback":
-        action = f"rollback+{action}" if action != "skipped" else "rolled_back"
+    action = row["action"] + ("*" if row.get("forced") else "")
+    guard = "rollback" if row.get("guard") == "rollback" else "-"
     champion = f"v{row['champion_version']}" if row["champion_version"] else "-"
-    return (f"{row['period']:>3}  {row['step']:<24} {drift:>5} {live:>12}  {row['trigger']:<9} {action:<11} "
-            f"{champion:>8}  {'yes' if row['ok'] else 'NO'}")
+    return (f"{row['period']:>3}  {row['step']:<24} {drift:>5} {live:>12}  {row['trigger']:<9} "
+            f"{action:<{ACTION_WIDTH}} {guard:<8} {champion:>8}  {'yes' if row['ok'] else 'NO'}")
+
+
+def gate_text(row: dict[str, Any]) -> str | None:
+    """What the evaluation gate said about the run's candidate, in words; None without a candidate.
+    A forced promotion says both halves: the gate's verdict and that a person overrode it."""
+    summary = row.get("evaluation")
+    if not summary:
+        return None
+    verdict, _, numbers = str(summary).partition(": ")
+    if verdict == "reject":
+        head = "rejected by the gate, promoted by force" if row.get("forced") else "rejected by the gate"
+    elif verdict == "promote":
+        head = "passed the gate"  # promoted (or superseded: the action column says which)
+    else:  # a verdict this text does not know: show it as it is rather than guess
+        head = verdict
+    return f"{head}: {numbers}" if numbers else head
+
+
+def guard_text(row: dict[str, Any]) -> str:
+    """The rollback guard's verdict and its reason, e.g. "keep, no previous champion"."""
+    action = row.get("guard") or "keep"
+    reason = row.get("guard_reason")
+    return f"{action}, {reason}" if reason else action
+
+
+def _guard_key(row: dict[str, Any]) -> tuple[str, str]:
+    # The verdict without its numbers: "v2 ... 0.884 vs v1 0.775 on 797 rows" day after day is the
+    # same verdict, said once; a new kind of reason (or a rollback) is news.
+    return (row.get("guard") or "keep", re.sub(r"\d+(\.\d+)?", "#", row.get("guard_reason") or ""))
+
+
+def wrap(label: str, text: str, width: int = DETAIL_WIDTH) -> list[str]:
+    """``label: text`` indented under the step column, wrapped at word boundaries; continuation
+    lines line up under the text."""
+    head = f"{DETAIL_INDENT}{label}: "
+    return textwrap.wrap(text, width=width, initial_indent=head, subsequent_indent=" " * len(head),
+                         break_long_words=False, break_on_hyphens=False) or [head.rstrip()]
+
+
+def detail_lines(row: dict[str, Any], previous: dict[str, Any] | None = None) -> list[str]:
+    """The lines under a timeline row that say why: the decision's reasons, what held a retrain
+    back and the gate's verdict, after the guard's verdict when it differs from the previous row's."""
+    lines: list[str] = []
+    # In the order the run did it: the guard is the run's first task.
+    if previous is None or _guard_key(previous) != _guard_key(row):
+        lines += wrap("guard", guard_text(row))
+    for reason in row.get("reasons") or []:
+        lines += wrap("why", reason)
+    for held in row.get("held_back") or []:
+        lines += wrap("held back", held)
+    gate = gate_text(row)
+    if gate:
+        lines += wrap("evaluation", gate)
+    return lines
+
+
+def timeline(rows: list[dict[str, Any]], metric: str) -> list[str]:
+    """The whole timeline: header, then each row with its detail lines."""
+    header = format_header(metric)
+    out = [header, "-" * len(header)]
+    previous = None
+    for row in rows:
+        out.append(format_row(row))
+        out += detail_lines(row, previous)
+        previous = row
+    if any(row.get("forced") for row in rows):
+        out.append("* promoted by force: a person overrode the gate (the guard still watches it)")
+    return out
 
 
 def _check_registry(ctx, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

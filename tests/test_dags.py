@@ -152,6 +152,44 @@ def test_demo_scenario_passes_every_expected_step(scenario):
 
 
 @pytest.mark.integration
+def test_demo_leaves_no_asset_event_for_a_scheduler_to_answer(scenario):
+    """The day-12 run answers the new-labels announcement: it consumes the asset event, so the next
+    scheduler on this DB (`make up`) starts no run nobody asked for."""
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        assert session.scalars(select(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == CT)).all() == []
+        day12 = _step(scenario, 12)["dag_run_id"].split("/", 1)[1]
+        run = session.scalar(select(DagRun).where(DagRun.dag_id == CT, DagRun.run_id == day12))
+        assert [e.source_dag_id for e in run.consumed_asset_events] == [f"{MODEL}_new_labels"]
+
+
+@pytest.mark.integration
+def test_readme_demo_sample_tells_what_the_demo_does(scenario):
+    """The README's sample timeline is a real run's: each day's step, trigger, action, guard and
+    champion as the demo printed them (the numbers may differ by machine and are not compared)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### What `make demo` shows"):]
+    block = section[section.index("```") + 3:]
+    block = block[:block.index("```")]
+    from driftline.demo import format_row
+
+    def columns(line: str) -> list[str]:
+        words = line.split()
+        return [words[0], *words[-5:-1]]  # day, trigger, action, guard, champion (ok dropped)
+
+    sample = {line.split()[0]: columns(line) for line in block.splitlines()
+              if line[:3].strip().isdigit()}
+    printed = {str(s["period"]): columns(format_row(s)) for s in scenario["summary"]["steps"]}
+    assert sample == printed
+    # The prose names no number a run can change (the gain is on the demo's "evaluation:" line).
+    assert "+0." not in section[:section.index("## How the loop works")].split("```")[-1]
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("period", "branch", "action"),
     [
