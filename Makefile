@@ -12,11 +12,18 @@ install: $(STAMP)
 # bytecode at install (pip does by default): with PYTHONDONTWRITEBYTECODE set, as on CI machines,
 # nothing else would, and every process (each Airflow task among them) would compile MLflow,
 # Airflow and pandas from source again: 2x the import time.
+# The install is quiet (its full output is hundreds of package lines) and long: say what is
+# happening, how long it usually takes, and how long it took.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q uv || true
+	@echo "make install: one-time setup of $(VENV): Airflow, MLflow, Evidently, scikit-learn and the test tools"
+	@echo "  (about 1 min where the packages are cached, a few minutes where they must be downloaded;"
+	@echo "   quiet while it works, then it says how long it took)"
+	@start=$$(date +%s); \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || exit 1; \
+	$(BIN)/python -m pip install -q uv || true; \
 	if [ -x $(BIN)/uv ]; then $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[test]'; \
-	else $(BIN)/python -m pip install -q -e '.[test]'; fi
+	else $(BIN)/python -m pip install -q -e '.[test]'; fi || exit 1; \
+	echo "make install: done in $$(( $$(date +%s) - start )) s"
 	touch $(STAMP)
 
 demo: install
