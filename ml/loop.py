@@ -213,17 +213,32 @@ def load_labelled(ctx: Context, *, after: datetime, until: datetime, known_at: d
 # ---- guard: is the champion worse than the one before? -----------------------------------------
 
 
+def resume_moves(ctx: Context) -> list[dict[str, Any]]:
+    """Finish the registry moves an earlier run began and did not complete (its intent is in the
+    audit log): a promotion a person forced is not lost to a crash or an MLflow outage."""
+    results = []
+    for intent in ctx.registry.unfinished_moves():
+        result = ctx.registry.finish(intent)
+        log.info("resumed %s of v%s from run %s: %s", intent["action"], intent["version"], intent["run_id"],
+                 result["action"])
+        results.append({**result, "intent": intent["action"], "version": intent["version"],
+                        "run_id": intent["run_id"]})
+    return results
+
+
 def guard_champion(ctx: Context, run: RunInfo) -> dict[str, Any]:
-    """Compare the champion with the previous champion on the rows the champion served since its
-    promotion, once enough of them are labelled. Returns ``action`` "rollback" or "keep"."""
+    """First, finish any registry move an earlier run left half-done; then compare the champion
+    with the previous champion on the rows the champion served since its promotion, once enough of
+    them are labelled. Returns ``action`` "rollback" or "keep"."""
     config = ctx.config
+    resumed = resume_moves(ctx) if ctx.registry.exists() else []
     champion = champion_info(ctx)
     if champion is None:
-        return {"action": "keep", "reason": "no champion yet"}
+        return {"action": "keep", "reason": "no champion yet", "resumed": resumed}
     previous = champion.previous
     if previous is None or not config.rollback.auto:
         why = "no previous champion" if previous is None else "automatic rollback is off"
-        return {"action": "keep", "champion": champion.version, "reason": why}
+        return {"action": "keep", "champion": champion.version, "reason": why, "resumed": resumed}
     as_of = resolve_as_of(ctx, run)
     rows = ctx.store.load(
         config.name,
@@ -239,6 +254,7 @@ def guard_champion(ctx: Context, run: RunInfo) -> dict[str, Any]:
             "action": "keep",
             "champion": champion.version,
             "reason": f"waiting for labels: {len(rows)}/{need} rows served by v{champion.version} are labelled",
+            "resumed": resumed,
         }
     rows = validate_window(rows, config, window="guard", require_labels=True)
     from ml.evaluation import compute_metric
@@ -261,6 +277,7 @@ def guard_champion(ctx: Context, run: RunInfo) -> dict[str, Any]:
         "live": live,
         "previous_metric": before,
         "rows": len(rows),
+        "resumed": resumed,
     }
 
 

@@ -28,6 +28,11 @@ from ml.ports import LoggedModel, RowStore
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous-champion"
+# Audit actions written before a move (its completion is "promoted" / "rolled_back").
+INTENT_PROMOTE = "promote_requested"
+INTENT_ROLLBACK = "rollback_requested"
+COMPLETIONS = ("promoted", "rejected", "rolled_back")
+ABANDONED = "move_abandoned"
 TAG = "driftline."
 STAGE_FOR_ALIAS = {CHAMPION: "Production", CHALLENGER: "Staging"}
 _TAG_LIMIT = 4900  # MLflow caps tag values at 5000 characters
@@ -169,15 +174,17 @@ class Registry:
         restored by a rollback). Registry tags alone prove nothing: anyone who can reach MLflow can
         set them."""
         info = self.info(version)
-        entries = [e for e in self.store.audit_log(self.name, ["registered", "promoted", "rolled_back"])
-                   if e["version"] == version]
+        entries = [e for e in self.store.audit_log(self.name, ["registered", "promoted", "rolled_back", INTENT_PROMOTE,
+                                                               INTENT_ROLLBACK]) if e["version"] == version]
         registered = [e for e in entries if e["action"] == "registered"]
         why = None
         if not any((e["details"] or {}).get("mlflow_run_id") == info.run_id
                    and (e["details"] or {}).get("model_source", info.source) == info.source for e in registered):
             why = (f"no Driftline registration of v{version} from run {info.run_id} ({info.source}) in the audit log: "
                    "it was not trained and registered by Driftline")
-        elif serving and not any(e["action"] in ("promoted", "rolled_back") for e in entries):
+        # A promotion's intent is written before the alias moves: a poller that sees the new alias
+        # before the completion entry must not refuse it.
+        elif serving and not any(e["action"] != "registered" for e in entries):
             why = f"v{version} was never promoted by Driftline (champion alias set outside Driftline?)"
         if why is not None:
             self.store.audit(self.name, "refused_load", version=version,
@@ -225,54 +232,57 @@ class Registry:
         forced: bool = False,
         data_time: datetime | None = None,
     ) -> dict[str, Any]:
-        """Make ``version`` the champion. Order: tag the winner, point ``previous-champion`` at the
-        old champion, move ``champion`` (one atomic write), clear ``challenger``, mirror stages,
-        audit. A crash anywhere leaves the old champion (or the new one) in place, and a re-run
-        finishes the job.
-
-        Racing promotions: the champion is read under the model's lock, so it may differ from the
-        one the caller's gate compared with (another promotion got the lock first). The later
-        registration wins, whatever the order the callers get the lock in:
-        - the champion now is older than ``version`` (or there is none): ``version`` replaces it,
-          and ``previous-champion`` (and the ``previous_champion`` tag) name the version it actually
-          replaced;
-        - the champion now is newer than ``version``: ``version`` is not promoted, since an older
-          model must never silently replace a newer one (going back is what ``rollback`` is for). It
-          is recorded as rejected, superseded by the champion, and the result's ``action`` is
-          ``"rejected"``."""
+        """Make ``version`` the champion. Order: an intent entry in the audit log (what was decided),
+        point ``previous-champion`` at the old champion, move ``champion`` (one atomic write), then
+        tag the winner, clear ``challenger``, mirror stages, and the completion entry. A crash
+        anywhere leaves the old champion (or the new one) in place, and a re-run, or the next run's
+        :meth:`unfinished_moves`, finishes the job."""
         current = self.champion()
         if current is not None and current > version:
             why = (f"superseded: v{current}, registered after v{version}, became champion before this "
                    f"promotion could be made")
             result = self.reject(version, run_id=run_id, actor=actor, reasons=[why])
             return {**result, "previous_champion": self.version_for(PREVIOUS), "superseded_by": current}
+        intent = self._intent(INTENT_PROMOTE, version, run_id)
         if current != version:
-            self.set_tags(
-                version,
-                {
-                    "verdict": "promoted",
-                    "promoted_reasons": "; ".join(reasons),
-                    "forced": str(forced).lower(),
-                    "previous_champion": current if current is not None else "",
-                    "promoted_at": _iso(data_time),
-                    "promoted_by_run": run_id,
-                },
-            )
-            checkpoint("promote:tagged")
+            # The intent first: a move that dies half-way is visible in the audit log and the next run
+            # finishes it (resume_moves), with what was decided (reasons, force, the version replaced).
+            if intent is None:
+                details = {"replacing": current, "reasons": reasons, "forced": forced, "data_time": _iso(data_time)}
+                self._audit_once(INTENT_PROMOTE, version, run_id=run_id, actor=actor, details=details)
+                intent = self._intent(INTENT_PROMOTE, version, run_id)
+            checkpoint("promote:intended")
             if current is not None:
                 self.client.set_registered_model_alias(self.name, PREVIOUS, str(current))
             checkpoint("promote:previous_set")
             self.client.set_registered_model_alias(self.name, CHAMPION, str(version))
             checkpoint("promote:champion_moved")
+        # Tags only once the alias moved: a version never reads "promoted" without having been champion.
+        decided = (intent or {}).get("details") or {}
+        replaced = decided.get("replacing", current if current != version else None)
+        if intent is None and current == version:  # promoted before intents existed: keep its tags
+            previous_tag = self.info(version).tag("previous_champion")
+            replaced = int(previous_tag) if previous_tag else None
+        self.set_tags(
+            version,
+            {
+                "verdict": "promoted",
+                "promoted_reasons": "; ".join(decided.get("reasons", reasons)),
+                "forced": str(decided.get("forced", forced)).lower(),
+                "previous_champion": replaced if replaced is not None else "",
+                "promoted_at": decided.get("data_time") or _iso(data_time),
+                "promoted_by_run": run_id,
+            },
+        )
+        checkpoint("promote:tagged")
         self._clear_challenger(version)
         checkpoint("promote:challenger_cleared")
         self.sync_stages()
         checkpoint("promote:stages_synced")
-        previous_tag = self.info(version).tag("previous_champion")
-        previous = int(previous_tag) if previous_tag else None
-        details = {"previous_champion": previous, "reasons": reasons, "forced": forced}
+        details = {"previous_champion": replaced, "reasons": list(decided.get("reasons", reasons)),
+                   "forced": decided.get("forced", forced)}
         self._audit_once("promoted", version, run_id=run_id, actor=actor, details=details)
-        return {"action": "promoted", "champion": version, "previous_champion": previous}
+        return {"action": "promoted", "champion": version, "previous_champion": replaced}
 
     @_locked
     def reject(self, version: int, *, run_id: str | None, actor: str | None, reasons: list[str]) -> dict[str, Any]:
@@ -312,16 +322,29 @@ class Registry:
     def rollback(
         self, to_version: int, *, run_id: str | None, actor: str | None, reason: str, automatic: bool = False
     ) -> dict[str, Any]:
-        """Give the champion alias back to ``to_version``. Order: tag the demoted champion, move
-        ``champion`` (atomic), point ``previous-champion`` at what came before the restored one,
-        mirror stages, audit. The target is an explicit version so a retried task cannot roll back
-        twice."""
+        """Give the champion alias back to ``to_version``. Order: an intent entry (naming the version
+        it demotes), move ``champion`` (atomic), tag the demoted champion, point
+        ``previous-champion`` at what came before the restored one, mirror stages, the completion
+        entry. The target is an explicit version so a retried task cannot roll back twice."""
         current = self.champion()
         if current is None:
             raise RegistryError(f"{self.name} has no champion; nothing to roll back")
+        intent = self._intent(INTENT_ROLLBACK, to_version, run_id)
         if current != to_version:
+            if intent is None:
+                details = {"demoting": current, "reason": reason, "automatic": automatic}
+                self._audit_once(INTENT_ROLLBACK, to_version, run_id=run_id, actor=actor, details=details)
+                intent = self._intent(INTENT_ROLLBACK, to_version, run_id)
+            checkpoint("rollback:intended")
+            self.client.set_registered_model_alias(self.name, CHAMPION, str(to_version))
+            checkpoint("rollback:champion_moved")
+        # The demoted version is named by the intent (a re-run finds the alias already moved).
+        demoted = ((intent or {}).get("details") or {}).get("demoting")
+        if demoted is None and current != to_version:
+            demoted = current
+        if demoted is not None:
             self.set_tags(
-                current,
+                demoted,
                 {
                     "verdict": "rolled_back",
                     "rolled_back_by": actor or "",
@@ -332,14 +355,6 @@ class Registry:
                 },
             )
             checkpoint("rollback:tagged")
-            self.client.set_registered_model_alias(self.name, CHAMPION, str(to_version))
-            checkpoint("rollback:champion_moved")
-            demoted = current
-        else:
-            # A re-run after the alias moved: the first attempt tagged the version it demoted.
-            demoted = next(
-                (v.version for v in self.versions() if run_id and v.tag("rolled_back_by_run") == run_id), None
-            )
         if demoted is not None:
             # Also on a re-run: the first attempt may have crashed before tagging the restored version.
             self.set_tags(to_version, {"verdict": "promoted", "restored_by_run": run_id})
@@ -374,6 +389,43 @@ class Registry:
                     )
 
     # ---- helpers ------------------------------------------------------------------------------
+
+    def _intent(self, action: str, version: int, run_id: str | None) -> dict[str, Any] | None:
+        if run_id is None:
+            return None
+        return next((e for e in self.store.audit_log(self.name, [action])
+                     if e["run_id"] == run_id and e["version"] == version), None)
+
+    def unfinished_moves(self) -> list[dict[str, Any]]:
+        """Intent entries whose move has no completion entry (same run, same version): moves a crash
+        or a failed write left half-done, oldest first."""
+        done = {(e["action"], e["run_id"], e["version"])
+                for e in self.store.audit_log(self.name, [*COMPLETIONS, ABANDONED])}
+        out = []
+        for entry in self.store.audit_log(self.name, [INTENT_PROMOTE, INTENT_ROLLBACK]):
+            finished = ("promoted", "rejected") if entry["action"] == INTENT_PROMOTE else ("rolled_back",)
+            if not any((action, entry["run_id"], entry["version"]) in done for action in (*finished, ABANDONED)):
+                out.append(entry)
+        return out
+
+    def finish(self, intent: dict[str, Any]) -> dict[str, Any]:
+        """Finish a move :meth:`unfinished_moves` found, as its own run decided it; or, when the alias
+        never moved and a later move has completed since (a person rolled back meanwhile), record it
+        as abandoned rather than undo what came after."""
+        d = intent["details"] or {}
+        version, run_id = intent["version"], intent["run_id"]
+        later = [e for e in self.store.audit_log(self.name, list(COMPLETIONS)) if e["id"] > intent["id"]]
+        if later and self.champion() != version:
+            why = f"{later[-1]['action']} v{later[-1]['version']} came after it; not resumed"
+            self._audit_once(ABANDONED, version, run_id=run_id, actor=intent["actor"],
+                             details={"intent": intent["action"], "why": why})
+            return {"action": "abandoned", "version": version, "run_id": run_id, "why": why}
+        if intent["action"] == INTENT_PROMOTE:
+            data_time = datetime.fromisoformat(d["data_time"]) if d.get("data_time") else None
+            return self.promote(version, run_id=run_id, actor=intent["actor"], reasons=list(d.get("reasons", [])),
+                                forced=bool(d.get("forced")), data_time=data_time)
+        return self.rollback(version, run_id=run_id, actor=intent["actor"], reason=d.get("reason", ""),
+                             automatic=bool(d.get("automatic")))
 
     def _clear_challenger(self, version: int) -> None:
         if self.version_for(CHALLENGER) == version:

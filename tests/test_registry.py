@@ -127,9 +127,12 @@ def verdicts(r: Registry) -> dict[int, str | None]:
     return {v.version: v.tag("verdict") for v in r.versions()}
 
 
-def moves(r: Registry, actions: list[str] | None = None) -> list[dict]:
-    """The audit log without make_versions' lineage entries (registrations with no run)."""
-    return [e for e in r.store.audit_log(r.name, actions) if not (e["action"] == "registered" and e["run_id"] is None)]
+def moves(r: Registry, actions: list[str] | None = None, *, intents: bool = False) -> list[dict]:
+    """The audit log without make_versions' lineage entries (registrations with no run) and, unless
+    asked, without the intent entries written before each move."""
+    hidden = () if intents else (registry.INTENT_PROMOTE, registry.INTENT_ROLLBACK)
+    return [e for e in r.store.audit_log(r.name, actions)
+            if not (e["action"] == "registered" and e["run_id"] is None) and e["action"] not in hidden]
 
 
 def audit_rows(r: Registry) -> list[tuple]:
@@ -146,7 +149,7 @@ def snapshot(r: Registry) -> dict:
             for v in r.versions()
         },
         "audit": [
-            (e["action"], e["version"], e["run_id"], e["actor"], e["details"]) for e in moves(r)
+            (e["action"], e["version"], e["run_id"], e["actor"], e["details"]) for e in moves(r, intents=True)
         ],
     }
 
@@ -414,14 +417,16 @@ SCENARIOS = {
     ),
 }
 CHECKPOINTS = [
-    "promote:tagged",
+    "promote:intended",
     "promote:previous_set",
     "promote:champion_moved",
+    "promote:tagged",
     "promote:challenger_cleared",
     "promote:stages_synced",
     "reject:tagged",
-    "rollback:tagged",
+    "rollback:intended",
     "rollback:champion_moved",
+    "rollback:tagged",
     "rollback:previous_set",
 ]
 
@@ -552,9 +557,9 @@ def test_champion_exists_at_every_checkpoint_of_every_move(reg, monkeypatch):
 
     assert [step for step, _ in watched] == CHECKPOINTS
     assert dict(watched) == {
-        "promote:tagged": 2, "promote:previous_set": 2, "promote:champion_moved": 3,
+        "promote:intended": 2, "promote:previous_set": 2, "promote:champion_moved": 3, "promote:tagged": 3,
         "promote:challenger_cleared": 3, "promote:stages_synced": 3, "reject:tagged": 3,
-        "rollback:tagged": 3, "rollback:champion_moved": 2, "rollback:previous_set": 2,
+        "rollback:intended": 3, "rollback:champion_moved": 2, "rollback:tagged": 2, "rollback:previous_set": 2,
     }
 
 
@@ -932,3 +937,39 @@ def test_an_unreachable_tracking_server_is_an_error_not_no_champion(fresh, monke
         down.champion()
     with pytest.raises(MlflowException):
         down.exists()
+
+
+
+# ---- intents: a half-done move is visible, and the next run finishes it ----------------------------
+
+
+@pytest.mark.parametrize("step", ["promote:intended", "promote:previous_set", "promote:champion_moved"])
+def test_a_promotion_cut_short_is_finished_by_the_next_run(step, reg, clean_states, monkeypatch):
+    _setup_promote(reg)
+    monkeypatch.setattr(registry, "checkpoint", _crash_at({step}, []))
+    with pytest.raises(Crash):
+        promote(reg, 3, RUN, reasons=["auc +0.02"], forced=True)
+    monkeypatch.setattr(registry, "checkpoint", lambda _: None)
+    crashed = open_registry()
+    # Never "promoted" without having been champion (tags come after the alias).
+    if crashed.champion() != 3:
+        assert crashed.info(3).tag("verdict") != "promoted"
+    [intent] = crashed.unfinished_moves()
+    assert (intent["action"], intent["version"], intent["run_id"]) == ("promote_requested", 3, RUN)
+    result = crashed.finish(intent)  # what the next run's guard step does (loop.resume_moves)
+    assert result["action"] == "promoted" and crashed.champion() == 3 and crashed.unfinished_moves() == []
+    assert crashed.info(3).tag("forced") == "true"  # as its own run decided it
+    assert aliases(crashed) == {CHAMPION: 3, PREVIOUS: 2, CHALLENGER: None}
+
+
+def test_an_unfinished_promotion_is_not_resumed_over_a_later_rollback(reg, monkeypatch):
+    _setup_promote(reg)
+    monkeypatch.setattr(registry, "checkpoint", _crash_at({"promote:intended"}, []))
+    with pytest.raises(Crash):
+        promote(reg, 3, RUN)
+    monkeypatch.setattr(registry, "checkpoint", lambda _: None)
+    reg.rollback(1, run_id="person", actor="bob", reason="v2 misbehaves")  # a person acted since
+    [intent] = reg.unfinished_moves()
+    assert reg.finish(intent)["action"] == "abandoned"
+    assert reg.champion() == 1 and reg.unfinished_moves() == []
+    assert moves(reg, ["move_abandoned"])[0]["details"]["intent"] == "promote_requested"
