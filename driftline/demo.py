@@ -138,8 +138,8 @@ def run(reset: bool = True, out: Callable[[str], None] = _say) -> int:
         delivered_until[0] = day_end
 
     out(f"State in {settings.home}; MLflow tracking URI: {settings.tracking_uri}")
-    out("One row per simulated day: its applications scored by the champion, the labels due, then one real "
-        "continuous-training DAG run (seconds each).\n")
+    out("One row per simulated day, a few seconds each: the champion scores the day's applications,")
+    out("the labels due arrive, and one real continuous-training DAG run decides what to do.\n")
     for period in range(SCENARIO[0].period):
         deliver(period)
 
