@@ -4,14 +4,20 @@ process it started (exit 0, ports free again)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -76,7 +82,35 @@ def _banner_url(up: Up, label: str) -> str:
     return line.split(":", 1)[1].split()[0]
 
 
-def _check_up_and_down(up: Up, ports: tuple[int, int], timeout: float) -> None:
+def _status(url: str, headers: dict[str, str] | None = None, body: dict | None = None) -> int:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _other_addresses() -> list[str]:
+    """This machine's own IPv4 addresses other than loopback (none on some CI machines)."""
+    import psutil
+
+    return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+            if a.family == socket.AF_INET and not a.address.startswith("127.")]
+
+
+def _assert_loopback_only(ports: tuple[int, ...]) -> None:
+    """Nothing answers on the machine's other addresses: the servers bound 127.0.0.1, not 0.0.0.0."""
+    for address in _other_addresses():
+        for port in ports:
+            with socket.socket() as sock:
+                sock.settimeout(5)
+                assert sock.connect_ex((address, port)) != 0, f"port {port} answers on {address}"
+
+
+def _check_up_and_down(up: Up, ports: tuple[int, int], timeout: float,
+                       check: Callable[[str, str], None] = lambda airflow, mlflow: None) -> None:
     from driftline.stack import port_free
 
     try:
@@ -85,6 +119,10 @@ def _check_up_and_down(up: Up, ports: tuple[int, int], timeout: float) -> None:
         assert airflow == f"http://127.0.0.1:{ports[0]}" and mlflow == f"http://127.0.0.1:{ports[1]}"
         assert _get(f"{airflow}/api/v2/monitor/health") == 200
         assert _get(f"{mlflow}/health") == 200
+        _assert_loopback_only(ports)
+        # The well-known login of older versions is refused.
+        assert _status(f"{airflow}/auth/token", body={"username": "admin", "password": "admin"}) == 401
+        check(airflow, mlflow)
     except BaseException:
         up.kill()
         raise
@@ -97,14 +135,48 @@ def _check_up_and_down(up: Up, ports: tuple[int, int], timeout: float) -> None:
     assert all(port_free(p) for p in ports), f"ports {ports} still held after driftline up stopped"
 
 
+def _token(airflow: str, password: str) -> str:
+    request = urllib.request.Request(f"{airflow}/auth/token", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"username": "admin", "password": password}).encode())
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return json.load(response)["access_token"]
+
+
 @pytest.mark.integration  # boots airflow standalone and an MLflow server
 def test_up_serves_both_uis_and_ctrl_c_stops_them(tmp_path):
+    """Also: the login is the one generated for the state folder, printed once, kept 0600; and a
+    task of a run made in process before (as `make demo` makes them) shows its log in the UI's API."""
     from driftline.stack import free_port
 
+    state = tmp_path / "state"
+    run = subprocess.run([str(BIN / "driftline"), "run", "credit_default_new_labels", "--conf",
+                          json.dumps({"rows": 5, "key": "ui-log"})], cwd=ROOT, env=_env(state),
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    run_id = json.loads(run.stdout[run.stdout.index("{"):])["run_id"].split("/", 1)[1]
     ports = (free_port(), free_port())
-    up = Up(["--airflow-port", str(ports[0]), "--mlflow-port", str(ports[1])], _env(tmp_path / "state"))
-    _check_up_and_down(up, ports, timeout=400)
-    assert (tmp_path / "state" / "logs").is_dir()
+    log_ports = {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
+    up = Up(["--airflow-port", str(ports[0]), "--mlflow-port", str(ports[1])], _env(state, **log_ports))
+    passwords = state / "airflow" / "simple_auth_manager_passwords.json.generated"
+
+    def check(airflow: str, mlflow: str) -> None:
+        password = json.loads(passwords.read_text())["admin"]
+        assert os.stat(passwords).st_mode & 0o777 == 0o600
+        assert any(line.strip() == f"Login      : admin / {password}" for line in up.lines), up.output
+        token = _token(airflow, password)
+        path = (f"/api/v2/dags/credit_default_new_labels/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+                "/taskInstances/announce/logs/1?full_content=true")
+        request = urllib.request.Request(airflow + path, headers={"Authorization": f"Bearer {token}",
+                                                                   "Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            content = json.load(response)["content"]
+        events = [entry.get("event") if isinstance(entry, dict) else entry for entry in content]
+        assert "new-labels event ui-log via dag: 5 rows (recorded)" in events, events
+        assert not any("secret_key" in str(event) for event in events), events
+
+    _check_up_and_down(up, ports, timeout=400, check=check)
+    assert (state / "logs").is_dir()
 
 
 @pytest.mark.parametrize("flags", [[], ["--celery"]], ids=["embedded", "celery"])
@@ -135,8 +207,22 @@ def test_up_celery_serves_both_uis_and_ctrl_c_stops_them(tmp_path):
     ports = (free_port(), free_port())
     up = Up(["--celery", "--workers", "1", "--airflow-port", str(ports[0]), "--mlflow-port", str(ports[1])],
             _env(tmp_path / "state", DRIFTLINE_PG_DB_PREFIX=prefix))
+    auth = tmp_path / "state" / "production" / "mlflow_auth"
+
+    def check(airflow: str, mlflow: str) -> None:
+        # MLflow's basic-auth app: nothing without credentials, everything with the generated ones.
+        search = f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _status(search) == 401
+        password = (auth / "admin_password").read_text()
+        assert os.stat(auth / "admin_password").st_mode & 0o777 == 0o600
+        basic = base64.b64encode(f"admin:{password}".encode()).decode()
+        assert _status(search, {"Authorization": f"Basic {basic}"}) == 200
+        assert any(f"password in {auth / 'admin_password'}" in line for line in up.lines), up.output
+        env_file = tmp_path / "state" / "production" / "production.env"
+        assert os.stat(env_file).st_mode & 0o777 == 0o600
+
     try:
-        _check_up_and_down(up, ports, timeout=600)
+        _check_up_and_down(up, ports, timeout=600, check=check)
         processes = next(line for line in up.lines if line.strip().startswith("Processes"))
         assert "scheduler" in processes and "worker" in processes, processes
     finally:
