@@ -812,22 +812,52 @@ def run_cycle(ctx: Context, run: RunInfo, *, keep_report: bool = False,
 
 def score(ctx: Context, run: RunInfo) -> dict[str, Any]:
     """Score every stored row without a prediction with the champion: the version read once, and
-    that version's model loaded (a promotion meanwhile cannot file its predictions under the old one)."""
+    that version's model loaded (a promotion meanwhile cannot file its predictions under the old
+    one). Rows are read ``score_chunk_rows`` at a time; a row no model can score (a non-numeric or
+    infinite value) is quarantined with its reason instead of failing every row beside it."""
+    from ml.validation import row_problems
+
     config = ctx.config
     version = ctx.registry.champion()
     if version is None:
         return {"scored": 0, "reason": "no champion yet"}
-    rows = ctx.store.load(config.name, config.feature_names, unscored_only=True)
-    if rows.empty:
-        return {"scored": 0, "champion": version, "reason": "nothing new to score"}
-    rows = validate_window(rows, config, window="scoring batch")
+    chunk = ctx.settings.score_chunk_rows
     if run.param("dry_run", False):
-        return {"scored": 0, "would_score": len(rows), "champion": version, "reason": "dry run"}
-    prediction, scores = predict(config, ctx.registry.load_model(version, serving=True), rows)
-    out = pd.DataFrame({"row_id": rows["row_id"], "prediction": list(prediction)})
-    if scores is not None:
-        out["score"] = scores
-    scored_at = rows["ts"].max().to_pydatetime()
-    ctx.store.record_predictions(config.name, out, version, scored_at)
-    log.info("scored %s rows with v%s", len(out), version)
-    return {"scored": len(out), "champion": version}
+        rows = ctx.store.load(config.name, config.feature_names, unscored_only=True)
+        bad = row_problems(rows, config).notna()
+        return {"scored": 0, "would_score": int((~bad).sum()), "would_quarantine": int(bad.sum()),
+                "champion": version, "reason": "dry run"}
+    model = None
+    scored = quarantined = 0
+    while True:
+        rows = ctx.store.load(config.name, config.feature_names, unscored_only=True, limit=chunk)
+        if rows.empty:
+            break
+        problems = row_problems(rows, config)
+        if problems.notna().any():
+            bad = rows.loc[problems.notna(), "row_id"].tolist()
+            ctx.store.quarantine(config.name, ids=bad, actor="driftline-score",
+                                 reason=f"cannot be scored: {problems.dropna().iloc[0]}"
+                                        + (f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""))
+            quarantined += len(bad)
+            log.warning("quarantined %s row(s) no model can score, e.g. %s: %s", len(bad), bad[0],
+                        problems.dropna().iloc[0])
+            rows = rows[problems.isna()]
+            if rows.empty:
+                continue
+        rows = validate_window(rows, config, window="scoring batch")
+        model = model or ctx.registry.load_model(version, serving=True)
+        prediction, scores = predict(config, model, rows)
+        out = pd.DataFrame({"row_id": rows["row_id"], "prediction": list(prediction)})
+        if scores is not None:
+            out["score"] = scores
+        if not ctx.store.record_predictions(config.name, out, version, rows["ts"].max().to_pydatetime()):
+            raise RuntimeError(f"{config.name}: scoring wrote none of {len(out)} predictions (rows gone meanwhile?)")
+        scored += len(out)
+    if not scored and not quarantined:
+        return {"scored": 0, "champion": version, "reason": "nothing new to score"}
+    log.info("scored %s rows with v%s (%s quarantined)", scored, version, quarantined)
+    result = {"scored": scored, "champion": version}
+    if quarantined:
+        result["quarantined"] = quarantined
+    return result

@@ -56,6 +56,7 @@ class MemoryStore:
         self.prediction = np.full(n, None, dtype=object)
         self.score = np.full(n, np.nan)
         self.version = np.zeros(n, dtype=np.int64)  # 0: not scored
+        self.quarantined = np.zeros(n, dtype=bool)
         self.visible = n
         self._events: list[dict[str, Any]] = []
         self._audit: list[dict[str, Any]] = []
@@ -76,12 +77,12 @@ class MemoryStore:
     def _stored(self) -> np.ndarray:
         mask = np.zeros(len(self.ids), dtype=bool)
         mask[: self.visible] = True
-        return mask
+        return mask & ~self.quarantined
 
     def load(self, model: str, feature_names: Sequence[str], *, ts_after: datetime | None = None,
              ts_until: datetime | None = None, labelled_after: datetime | None = None,
              labelled_until: datetime | None = None, labelled_only: bool = False, unscored_only: bool = False,
-             version: int | None = None) -> pd.DataFrame:
+             version: int | None = None, limit: int | None = None) -> pd.DataFrame:
         mask = self._stored()
         if ts_after is not None:
             mask &= self.ts > _t64(ts_after)
@@ -96,7 +97,7 @@ class MemoryStore:
             mask &= self.version == 0
         if version is not None:
             mask &= self.version == int(version)
-        idx = np.flatnonzero(mask)
+        idx = np.flatnonzero(mask)[:limit]
         out = pd.DataFrame({"row_id": self.ids[idx], "ts": pd.to_datetime(self.ts[idx]).tz_localize("UTC")})
         out = pd.concat([out, self.features.iloc[idx].reset_index(drop=True)[list(feature_names)]], axis=1)
         out["prediction"] = self.prediction[idx]
@@ -109,7 +110,8 @@ class MemoryStore:
         return out
 
     def latest_ts(self, model: str) -> datetime | None:
-        return _aware(self.ts[self.visible - 1]) if self.visible else None
+        stored = self._stored()
+        return _aware(self.ts[stored].max()) if stored.any() else None
 
     def latest_labelled_ts(self, model: str, known_at: datetime | None = None) -> datetime | None:
         mask = self._stored() & self._known(known_at)
@@ -165,6 +167,20 @@ class MemoryStore:
 
     def model_lock(self, model: str, timeout: float = 300.0) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+    def quarantine(self, model: str, *, reason: str, actor: str | None = None, ids: Sequence[str] | None = None,
+                   ts_from: datetime | None = None, ts_until: datetime | None = None) -> int:
+        mask = self._stored()
+        if ids is not None:
+            mask &= np.isin(self.ids, [str(i) for i in ids])
+        if ts_from is not None:
+            mask &= self.ts >= _t64(ts_from)
+        if ts_until is not None:
+            mask &= self.ts <= _t64(ts_until)
+        self.quarantined |= mask
+        self.audit(model, "quarantine", actor=actor, details={"reason": reason, "rows": int(mask.sum()),
+                                                              "ids": list(self.ids[mask][:20])})
+        return int(mask.sum())
 
 
 # ---- registry -----------------------------------------------------------------------------------

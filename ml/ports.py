@@ -41,6 +41,7 @@ class RowStore(Protocol):
         labelled_only: bool = False,
         unscored_only: bool = False,
         version: int | None = None,
+        limit: int | None = None,
     ) -> pd.DataFrame: ...
 
     def latest_ts(self, model: str) -> datetime | None: ...
@@ -76,6 +77,11 @@ class RowStore(Protocol):
     def audit_log(self, model: str, actions: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
 
     def model_lock(self, model: str, timeout: float = 300.0) -> AbstractContextManager[None]: ...
+
+    def quarantine(self, model: str, *, reason: str, actor: str | None = None, ids: Sequence[str] | None = None,
+                   ts_from: datetime | None = None, ts_until: datetime | None = None) -> Any:
+        """Take rows out of every window (they stay stored), with an audit entry."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ class Settings:
     mlflow_ui_url: str
 
     airflow_home: Path
+    # Rows the scoring step reads and scores at a time (bounded memory; DRIFTLINE_SCORE_CHUNK_ROWS).
+    score_chunk_rows: int = 50_000
 
 
 def get_settings() -> Settings:
@@ -69,8 +71,22 @@ def get_settings() -> Settings:
         models_dir=Path(os.environ.get("DRIFTLINE_MODELS_DIR", PROJECT_ROOT / "models")).resolve(),
         reports_dir=home / "reports",
         airflow_home=Path(os.environ.get("AIRFLOW_HOME") or home / "airflow").resolve(),
+        score_chunk_rows=_positive_int("DRIFTLINE_SCORE_CHUNK_ROWS", 50_000),
         mlflow_ui_url=(
             os.environ.get("DRIFTLINE_MLFLOW_UI_URL")
             or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")
         ).rstrip("/"),
     )
+
+
+def _positive_int(variable: str, default: int) -> int:
+    text = os.environ.get(variable)
+    if text in (None, ""):
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{variable}: expected a whole number >= 1, got {text!r}")
+    return value

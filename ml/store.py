@@ -322,10 +322,12 @@ class Store:
         labelled_only: bool = False,
         unscored_only: bool = False,
         version: int | None = None,
+        limit: int | None = None,
     ) -> pd.DataFrame:
         """Rows of one model as a frame: ``row_id, ts``, the features, ``prediction, score,
         model_version, label, labelled_at``. Time bounds are (after, until]. A label counts only if
-        it was known by ``labelled_until`` (so a replayed past sees only what was known then)."""
+        it was known by ``labelled_until`` (so a replayed past sees only what was known then).
+        ``limit``: the oldest that many rows only (bounded memory for a caller that pages)."""
         label_join = observations.c.row_id == labels.c.row_id
         label_join = and_(label_join, labels.c.model == observations.c.model)
         if labelled_until is not None:
@@ -352,6 +354,8 @@ class Store:
         if version is not None:
             conditions.append(observations.c.model_version == version)
         query = query.where(and_(*conditions)).order_by(observations.c.ts, observations.c.row_id)
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return _to_frame(rows, feature_names)

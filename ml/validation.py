@@ -80,6 +80,20 @@ def validate_window(
     return clean
 
 
+def row_problems(frame: pd.DataFrame, config: ModelConfig) -> pd.Series:
+    """Per row, why no model can score it (a non-numeric or non-finite value in a numerical
+    feature), else None: the scoring step takes such rows out instead of failing every row with them."""
+    problems = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    for name in config.numerical:
+        if name not in frame.columns:
+            continue
+        coerced = pd.to_numeric(frame[name], errors="coerce")
+        bad = (frame[name].notna() & coerced.isna()) | np.isinf(coerced.to_numpy(dtype=float))
+        problems[bad & problems.isna()] = [f"column '{name}' holds {frame.at[i, name]!r}" for i in frame.index[bad
+                                                                                           & problems.isna()]]
+    return problems
+
+
 def _where(frame: pd.DataFrame, mask: np.ndarray) -> str:
     """", e.g. row_id 'x'" for the first bad row, when the frame has ids (to quarantine it by)."""
     if "row_id" not in frame.columns or not mask.any():

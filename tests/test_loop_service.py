@@ -159,7 +159,8 @@ def test_memory_store_answers_as_the_sql_store(tmp_path, config, stream):
     known = sim.period_start(3) + timedelta(hours=5)
     for kwargs in ({}, {"labelled_until": known}, {"labelled_only": True, "labelled_until": known},
                    {"ts_after": sim.period_start(1), "ts_until": sim.period_start(2)},
-                   {"labelled_after": sim.period_start(2), "labelled_until": known, "labelled_only": True}):
+                   {"labelled_after": sim.period_start(2), "labelled_until": known, "labelled_only": True},
+                   {"ts_after": sim.period_start(1), "limit": 25}):
         a = sql.load(config.name, config.feature_names, **kwargs)
         b = memory.load(config.name, config.feature_names, **kwargs)
         assert list(a["row_id"]) == list(b["row_id"]), kwargs
@@ -336,3 +337,32 @@ def test_registry_down_fails_the_run_and_the_next_run_converges(config, stream, 
         assert ctx.registry.info(first).tag("forced") == "true" and ctx.registry.unfinished_moves() == []
     verdicts = {e["version"] for e in ctx.store.audit_log(config.name, ["promoted"])}
     assert champion in verdicts and ctx.registry.info(champion).tag("verdict") == "promoted"
+
+
+def test_scoring_pages_through_the_rows_and_takes_out_a_row_it_cannot_score(config, stream, monkeypatch):
+    sim, frame = stream
+    monkeypatch.setenv("DRIFTLINE_SCORE_CHUNK_ROWS", "70")
+    broken = frame.copy()
+    day = pd.to_datetime(broken["ts"], utc=True) >= pd.Timestamp(sim.period_start(DAYS - 1))
+    bad_id = broken.loc[day, "row_id"].iloc[5]
+    broken["income"] = broken["income"].astype(object)
+    broken.loc[broken["row_id"] == bad_id, "income"] = float("inf")
+    ctx = context(config, broken)
+    assert ctx.settings.score_chunk_rows == 70
+    upto(ctx, broken, sim.period_start(DAYS - 1))
+    loop.run_cycle(ctx, run(1))
+    upto(ctx, broken, sim.period_start(DAYS))
+    unscored = len(ctx.store.load(config.name, config.feature_names, unscored_only=True))
+    result = loop.score(ctx, run(2))
+    # Every other row scored, across several pages; the bad row quarantined with its reason.
+    assert result == {"scored": unscored - 1, "champion": 1, "quarantined": 1}
+    assert ctx.store.load(config.name, config.feature_names, unscored_only=True).empty
+    assert bad_id not in set(ctx.store.load(config.name, config.feature_names)["row_id"])
+    [entry] = ctx.store.audit_log(config.name, ["quarantine"])
+    assert entry["actor"] == "driftline-score" and "column 'income' holds inf" in entry["details"]["reason"]
+
+
+def test_a_bad_score_chunk_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("DRIFTLINE_SCORE_CHUNK_ROWS", "0")
+    with pytest.raises(ValueError, match="DRIFTLINE_SCORE_CHUNK_ROWS: expected a whole number >= 1, got '0'"):
+        get_settings()
