@@ -440,7 +440,7 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
     reference, reference_label = drop_reference(cfg.triggers, perf["champion_metric"], perf.get("served_baseline"),
                                                 cfg.windows.current)
     force = bool(run.param("force", False))
-    onset = _drift_onset(ctx, as_of, drift.drift_share)
+    onset = _drift_onset(ctx, as_of, drift.drift_share) if champion is not None else None
     labels_after_onset = 0
     if onset is not None:
         latest = ctx.store.latest_labelled_ts(cfg.name, known_at=as_of)
@@ -480,10 +480,12 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
 def _drift_onset(ctx: Context, as_of: datetime, share: float) -> datetime | None:
     """Earlier checks come from the audit log's run entries (each records its as_of and drift share)."""
     current = ctx.config.windows.current
+    # Only checks made while there was a champion: a check without one compared two arbitrary spans.
     history = [
         (_time(e["details"]["as_of"]) - current, e["details"].get("drift_share"))
         for e in ctx.store.audit_log(ctx.config.name, ["run"])
         if (e["details"] or {}).get("as_of") and _time(e["details"]["as_of"]) < as_of
+        and e["details"].get("checked_champion", 0) is not None
     ]
     history.sort(key=lambda item: item[0])
     return drift_onset(history, (as_of - current, share), ctx.config.triggers.drift_share)
@@ -757,6 +759,7 @@ def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None
         "drift_share": drift.get("drift_share"),
         "live_metric": performance.get("live"),
         "live_rows": performance.get("rows", 0),
+        "checked_champion": performance.get("champion"),  # the champion the drift check judged (None: none)
         "metric": config.promotion.metric,
         "trigger": (decision or {}).get("kind", "none"),
         "reasons": (decision or {}).get("reasons", []),
@@ -811,26 +814,31 @@ def run_cycle(ctx: Context, run: RunInfo, *, keep_report: bool = False,
 
 
 def score(ctx: Context, run: RunInfo) -> dict[str, Any]:
-    """Score every stored row without a prediction with the champion: the version read once, and
-    that version's model loaded (a promotion meanwhile cannot file its predictions under the old
-    one). Rows are read ``score_chunk_rows`` at a time; a row no model can score (a non-numeric or
+    """Score every row stored since the champion was promoted and not scored yet, with the
+    champion: the version read once, and that version's model loaded (a promotion meanwhile cannot
+    file its predictions under the old one). Rows are read ``score_chunk_rows`` at a time; a row no model can score (a non-numeric or
     infinite value) is quarantined with its reason instead of failing every row beside it."""
     from ml.validation import row_problems
 
     config = ctx.config
-    version = ctx.registry.champion()
-    if version is None:
+    champion = champion_info(ctx)
+    if champion is None:
         return {"scored": 0, "reason": "no champion yet"}
+    version = champion.version
+    # Only rows that arrived after it became champion are served by it: rows stored before (when
+    # there was no champion, or before the score DAG ran) include its own training and holdout rows,
+    # and predictions there would pass for production performance (the served baseline, the guard).
+    after = champion.promoted_at
     chunk = ctx.settings.score_chunk_rows
     if run.param("dry_run", False):
-        rows = ctx.store.load(config.name, config.feature_names, unscored_only=True)
+        rows = ctx.store.load(config.name, config.feature_names, unscored_only=True, ts_after=after)
         bad = row_problems(rows, config).notna()
         return {"scored": 0, "would_score": int((~bad).sum()), "would_quarantine": int(bad.sum()),
                 "champion": version, "reason": "dry run"}
     model = None
     scored = quarantined = 0
     while True:
-        rows = ctx.store.load(config.name, config.feature_names, unscored_only=True, limit=chunk)
+        rows = ctx.store.load(config.name, config.feature_names, unscored_only=True, ts_after=after, limit=chunk)
         if rows.empty:
             break
         problems = row_problems(rows, config)

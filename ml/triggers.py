@@ -156,7 +156,9 @@ def decide(policy: TriggerPolicy, facts: TriggerInputs) -> Decision:
         return Decision("manual", (f"requested by {who}{extra}: {why}",), force=facts.force)
 
     candidates: list[tuple[Kind, list[str]]] = []
-    threshold = _threshold_reasons(policy, facts)
+    # Thresholds judge the champion (its data gone stale, its metric fallen): without one there is
+    # nothing to judge, and a drift "episode" must not clip the first model's training window.
+    threshold = _threshold_reasons(policy, facts) if facts.has_champion else []
     if threshold:
         candidates.append(("threshold", threshold))
     if policy.on_new_labels and facts.pending_event_rows:
@@ -212,5 +214,5 @@ def decide(policy: TriggerPolicy, facts: TriggerInputs) -> Decision:
         reasons = reasons + more
     if holds:
         return Decision("none", tuple(reasons), held_back=tuple(holds))
-    train_after = facts.drift_onset.isoformat() if facts.drift_onset is not None else None
+    train_after = facts.drift_onset.isoformat() if facts.drift_onset is not None and facts.has_champion else None
     return Decision(kind, tuple(reasons), train_after=train_after)

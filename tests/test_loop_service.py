@@ -64,10 +64,14 @@ def test_scoring_files_predictions_under_the_version_it_loaded(config, stream):
     upto(ctx, frame, sim.period_start(DAYS - 1))
     loop.run_cycle(ctx, run(1))
     upto(ctx, frame, sim.period_start(DAYS))
-    unscored = len(ctx.store.load(config.name, config.feature_names, unscored_only=True))
-    assert loop.score(ctx, run(2)) == {"scored": unscored, "champion": 1}
+    promoted_at = loop.champion_info(ctx).promoted_at
+    new = ctx.store.load(config.name, config.feature_names, unscored_only=True, ts_after=promoted_at)
+    assert loop.score(ctx, run(2)) == {"scored": len(new), "champion": 1}
     served = ctx.store.load(config.name, config.feature_names, version=1)
-    assert len(served) == unscored and served["prediction"].notna().all()
+    assert list(served["row_id"]) == list(new["row_id"]) and served["prediction"].notna().all()
+    # Rows from before the promotion (its own training and holdout rows among them) are not "served".
+    assert ctx.store.load(config.name, config.feature_names, unscored_only=True, ts_until=promoted_at).shape[0] > 0
+    assert loop.score(ctx, run(3))["reason"] == "nothing new to score"
 
 
 def test_check_drift_uses_the_as_of_validate_windows_pinned(config, stream):
@@ -352,11 +356,13 @@ def test_scoring_pages_through_the_rows_and_takes_out_a_row_it_cannot_score(conf
     upto(ctx, broken, sim.period_start(DAYS - 1))
     loop.run_cycle(ctx, run(1))
     upto(ctx, broken, sim.period_start(DAYS))
-    unscored = len(ctx.store.load(config.name, config.feature_names, unscored_only=True))
+    promoted_at = loop.champion_info(ctx).promoted_at
+    unscored = len(ctx.store.load(config.name, config.feature_names, unscored_only=True, ts_after=promoted_at))
+    assert unscored > 3 * 70
     result = loop.score(ctx, run(2))
     # Every other row scored, across several pages; the bad row quarantined with its reason.
     assert result == {"scored": unscored - 1, "champion": 1, "quarantined": 1}
-    assert ctx.store.load(config.name, config.feature_names, unscored_only=True).empty
+    assert ctx.store.load(config.name, config.feature_names, unscored_only=True, ts_after=promoted_at).empty
     assert bad_id not in set(ctx.store.load(config.name, config.feature_names)["row_id"])
     [entry] = ctx.store.audit_log(config.name, ["quarantine"])
     assert entry["actor"] == "driftline-score" and "column 'income' holds inf" in entry["details"]["reason"]

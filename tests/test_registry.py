@@ -635,7 +635,8 @@ def test_score_writes_the_champions_predictions_once(fresh, config):
     first = fit_full(config, _labelled(sim, [0, 1]))
     [v1] = make_versions(1, name=config.name, model=first)
     r = open_registry(config.name)
-    promote(r, v1, "bootstrap")
+    # Promoted as of the end of its training data: the rows that arrive after it are what it serves.
+    r.promote(v1, run_id="bootstrap", actor="alice", reasons=["first"], data_time=sim.period_start(2))
     store = r.store
     run = loop.RunInfo("score-run")
 
@@ -657,7 +658,7 @@ def test_score_writes_the_champions_predictions_once(fresh, config):
     # A new champion scores only the rows that arrive after it; scored rows keep their version.
     second = fit_full(config, _labelled(sim, [1, 2]))
     [v2] = make_versions(1, name=config.name, model=second)
-    promote(r, v2, "retrain")
+    r.promote(v2, run_id="retrain", actor="alice", reasons=["newer"], data_time=sim.period_start(3))
     later = sim.batch(3).features
     store.add_observations(config.name, later, config.feature_names)
     assert loop.score(loop.Context.open(config), run) == {"scored": 120, "champion": v2}

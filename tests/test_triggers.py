@@ -225,6 +225,15 @@ def test_no_champion_trains_the_first_one():
     assert decision.held_back == ()
 
 
+def test_no_champion_is_not_judged_by_thresholds():
+    # Drift against whatever came before, with no champion: still "train the first one", on the whole window.
+    onset = datetime(2026, 1, 5, tzinfo=UTC)
+    decision = decide(policy(), facts(has_champion=False, drift_share=0.9, drift_onset=onset,
+                                      labels_after_onset=10**4, live_metric=0.1))
+    assert decision.kind == "time" and decision.reasons == ("no champion yet: train the first one",)
+    assert decision.train_after is None
+
+
 def test_no_champion_ignores_cooldown_and_min_labels():
     decision = decide(policy(), facts(has_champion=False, since_last_retrain=timedelta(0), new_labels=0))
     assert decision.kind == "time"
