@@ -8,7 +8,7 @@ import functools
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -22,6 +22,7 @@ class DagRunResult:
     run_id: str
     state: str
     task_states: dict[str, str]
+    task_tries: dict[str, int] = field(default_factory=dict)  # attempts each task made
 
     @property
     def key(self) -> str:
@@ -126,8 +127,10 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, quiet: bool = Tr
         dag_run = dag.test(run_conf=conf, logical_date=datetime.now(UTC))
     states = {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state)
               for ti in dag_run.get_task_instances()}
+    tries = {ti.task_id: int(ti.try_number or 0) for ti in dag_run.get_task_instances()}
     state = dag_run.state.value if hasattr(dag_run.state, "value") else str(dag_run.state)
-    return DagRunResult(dag_id=dag_id, run_id=dag_run.run_id, state=str(state), task_states=states)
+    return DagRunResult(dag_id=dag_id, run_id=dag_run.run_id, state=str(state), task_states=states,
+                        task_tries=tries)
 
 
 def consume_queued_asset_events(dag_id: str, run_id: str) -> int:

@@ -427,7 +427,10 @@ class Spool:
 
     def batches(self) -> Iterator[list[dict[str, Any]]]:
         self._handle.seek(0)
-        for line in self._handle:
+        yield from self._read(self._handle)
+
+    def _read(self, handle: Any) -> Iterator[list[dict[str, Any]]]:
+        for line in handle:
             if not line.strip():
                 continue
             try:
@@ -467,14 +470,7 @@ class Spool:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a live process's spool
-                for line in handle:
-                    if not line.strip():
-                        continue
-                    try:
-                        batch = json.loads(line)
-                    except ValueError:
-                        self.set_aside(line.rstrip("\n"), "not valid JSON (cut short by a crash?)")
-                        continue
+                for batch in self._read(handle):
                     self.append(batch)
                     adopted += len(batch)
                 path.unlink()  # after the copy is fsynced: a crash in between duplicates, never loses

@@ -290,11 +290,21 @@ def test_rollback_to_unknown_version_fails_and_changes_nothing(scenario):
 
 
 @pytest.mark.integration
-def test_force_without_reason_is_refused_by_the_first_task(scenario):
+def test_force_without_reason_is_refused_by_the_first_task(scenario, monkeypatch):
     registry = _ctx().registry
     versions = len(registry.versions())
-    result = scenario["runner"].run_dag(CT, {"force": True})
+    runner = scenario["runner"]
+    # With retries configured (as outside tests), an error that will fail again is not retried.
+    monkeypatch.setenv("DRIFTLINE_TASK_RETRIES", "2")
+    runner.reload_dags()
+    try:
+        assert runner.get_dag(CT).task_dict["guard_champion"].retries == 2
+        result = runner.run_dag(CT, {"force": True})
+    finally:
+        monkeypatch.setenv("DRIFTLINE_TASK_RETRIES", "0")
+        runner.reload_dags()
     assert not result.ok and result.task_states["guard_champion"] == "failed"
+    assert result.task_tries["guard_champion"] == 1
     assert len(registry.versions()) == versions
 
 
