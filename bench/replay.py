@@ -287,7 +287,7 @@ def _frontier_section(name: str, res: dict[str, Any]) -> list[str]:
     default = gaps.get("driftline")
     verdict = ("" if default is None else
                f" The default policy is {_num(metric, abs(default))} {'better' if default > 0 else 'worse'} than a "
-               f"fixed schedule with as many retrains ({'beats' if default > 0 else 'does not beat'} the cron);")
+               f"fixed schedule with as many retrains ({'beats' if default > 0 else 'does not beat'} the cron).")
     verdict += (f" Variants on the better side: {len(ahead)} of {len(gaps)}"
                 + (f" ({', '.join(ahead)})." if ahead else "."))
     return [
