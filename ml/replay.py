@@ -1077,10 +1077,16 @@ def frontier_plot(result: ReplayResult, path: str | Path, *, title: str | None =
                    label=f"{label(s.name)}: {s.metric:.4g}, {s.retrains} retrains{vs}")
         short = "Driftline" if s.name == DRIFTLINE else label(s.name).removeprefix("Driftline (").removesuffix(")")
         same_place.setdefault((s.retrains, round(s.metric, 9)), []).append(short)
-    for (x, y), names in same_place.items():
-        ax.annotate(" = ".join(names), (x, y), textcoords="offset points", xytext=(7, 4), fontsize=8.5)
     most = max([p.retrains for p in frontier] + [s.retrains for s in variants] + [1])
     ax.set_xlim(-most * 0.02 - 0.5, most * 1.1 + 0.5)
+    placed: list[tuple[float, float]] = []  # label anchors in pixels: near points get staggered labels
+    for (x, y), names in sorted(same_place.items()):
+        px, py = ax.transData.transform((x, y))
+        for dy in (4, -14, 16, -26, 28):
+            if all(abs(px - qx) > 150 or abs(py + dy - qy) > 12 for qx, qy in placed):
+                break
+        placed.append((px, py + dy))
+        ax.annotate(" = ".join(names), (x, y), textcoords="offset points", xytext=(7, dy), fontsize=8.5)
     ax.set_xlabel("retrains (models trained after the first)")
     ax.set_ylabel(f"{result.metric} over every predicted row" + ("" if result.greater_is_better else " (lower is better)"))
     ax.set_title(title or f"{result.name}: Driftline against fixed retraining schedules", fontsize=11)
