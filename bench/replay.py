@@ -182,6 +182,7 @@ def run_dataset(ds: Dataset, workdir: Path, plot_dir: Path, *, smoke: bool = Fal
     out = result.to_dict()
     out["plot"] = str(png)
     out["frontier_plot"] = str(replay.frontier_plot(result, _frontier_path(ds.name, out), title=_frontier_title(ds.title)))
+    out.update(replay.frontier_summary(result))
     out["policy"] = {name: _policy(cfg) for name, cfg in variants.items()}
     if not smoke:
         out["goal"] = _goal(ds.name, result)

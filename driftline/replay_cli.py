@@ -169,7 +169,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"decisions: {replay.write_decisions(result, args.decisions)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_dict(), indent=1, default=str))
+        args.json.write_text(json.dumps({**result.to_dict(), **replay.frontier_summary(result)}, indent=1, default=str))
         print(f"json: {args.json}")
     return 0
 

@@ -817,6 +817,15 @@ def frontier_gaps(result: ReplayResult) -> dict[str, float | None]:
     return gaps
 
 
+def frontier_summary(result: ReplayResult) -> dict[str, Any]:
+    """The frontier and the gaps, for a saved result (``--json``, replay.json); derived, so
+    :meth:`ReplayResult.from_dict` ignores them."""
+    return {"frontier": [{**asdict(p), "tag": p.tag} for p in schedule_frontier(result)],
+            "vs_schedule": frontier_gaps(result),
+            "vs_schedule_sign": f"+ = better than the schedule ({result.metric} "
+                                f"{'above' if result.greater_is_better else 'below'} the line)"}
+
+
 def format_gap(gaps: dict[str, float | None], name: str) -> str:
     if name not in gaps:
         return ""

@@ -364,6 +364,8 @@ def test_driftline_replay_command(tmp_path, capsys):
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
     saved = json.loads(out.read_text())
     assert [s["name"] for s in saved["strategies"]] == ["static", "every_2", "driftline"]
+    assert [p["tag"] for p in saved["frontier"]] == ["static", "k=2"] and set(saved["vs_schedule"]) == {"driftline"}
+    assert saved["vs_schedule_sign"] == "+ = better than the schedule (accuracy above the line)"
     assert main(["replay", str(csv), "--config", str(config), "--target", "nope", "--batch-rows", "60"]) == 2
     assert "target: column 'nope' not in the data" in capsys.readouterr().err
 
