@@ -163,9 +163,9 @@ class Registry:
         return self._load(version)
 
     def _load(self, version: int) -> Any:
-        import mlflow.sklearn
+        from ml.modelio import load_logged_model
 
-        return mlflow.sklearn.load_model(f"models:/{self.name}/{version}")
+        return load_logged_model(f"models:/{self.name}/{version}")
 
     def check_blessed(self, version: int, *, serving: bool = False) -> None:
         """Raise :class:`UnblessedModelError` (and write a ``refused_load`` audit entry) unless the

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ml import links
+from ml import links, modelio
 from ml.ports import LoggedModel
 from ml.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -143,11 +143,16 @@ class MlflowTracker:
             if check.get("report_path") and Path(check["report_path"]).exists():
                 mlflow.log_artifact(check["report_path"], "drift")
             mlflow.log_dict(check["drift"], "drift/drift.json")
-            # cloudpickle on purpose (skops refuses tree models' types); keep its notice out of task logs.
+            # skops with the types Driftline trusts (ml/modelio.py); cloudpickle only for a model with
+            # a type outside them, said in a tag. Keep MLflow's pickle notice out of task logs.
+            trusted = modelio.trusted_types(model)
+            fmt = modelio.SKOPS if trusted is not None else modelio.CLOUDPICKLE
+            mlflow.set_tags({"driftline.serialization": fmt if trusted is not None else
+                             f"{fmt} (types skops is not trusted with: {', '.join(modelio.untrusted_in(model))[:400]})"})
             logging.getLogger("mlflow.sklearn").setLevel(logging.ERROR)
             info = mlflow.sklearn.log_model(
                 model, name="model", signature=infer_signature(X, pred), input_example=X.head(5),
-                serialization_format="cloudpickle", pip_requirements=_pip_requirements(),
+                serialization_format=fmt, skops_trusted_types=trusted, pip_requirements=_pip_requirements(fmt),
             )
             return LoggedModel(experiment, active.info.run_id, info.model_uri, info.model_id)
 
@@ -187,8 +192,8 @@ class MlflowTracker:
         return {"model_version": links.model_version_url(self.settings.mlflow_ui_url, self.config.name, version)}
 
 
-def _pip_requirements() -> list[str]:
+def _pip_requirements(serialization: str) -> list[str]:
     # Given explicitly: MLflow's inference imports the model in a subprocess, seconds per candidate.
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "cloudpickle")]
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", serialization)]

@@ -974,3 +974,29 @@ def test_an_unfinished_promotion_is_not_resumed_over_a_later_rollback(reg, monke
     assert reg.finish(intent)["action"] == "abandoned"
     assert reg.champion() == 1 and reg.unfinished_moves() == []
     assert moves(reg, ["move_abandoned"])[0]["details"]["intent"] == "promote_requested"
+
+
+def test_a_stored_model_naming_an_untrusted_type_is_not_loaded(fresh):
+    """Second layer under the lineage check: even a version Driftline registered is read with
+    Driftline's trusted types, not the list stored inside the model (MLflow's loader trusts that)."""
+    import os
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    from ml import modelio
+
+    evil = make_pipeline(FunctionTransformer(os.system), StandardScaler())  # unfitted: fitting would call it
+    tracking.client()
+    experiment = tracking.ensure_experiment(NAME)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        info = mlflow.sklearn.log_model(evil, name="model", registered_model_name=NAME, serialization_format="skops",
+                                        skops_trusted_types=modelio.untrusted_in(evil) + ["numpy.dtype"],
+                                        pip_requirements=["scikit-learn"])
+    version = int(info.registered_model_version)
+    r = open_registry()
+    r.store.audit(NAME, "registered", version=version,
+                  details={"mlflow_run_id": run.info.run_id, "model_source": r.source(version)})
+    assert mlflow.sklearn.load_model(f"models:/{NAME}/{version}") is not None  # MLflow would read it
+    with pytest.raises(modelio.UntrustedModelError, match="system"):
+        r.load_model(version)
