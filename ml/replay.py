@@ -30,6 +30,7 @@ batch period and ``windows.training`` ``window`` periods; ``windows.holdout`` is
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 import time
 from collections.abc import Sequence
@@ -987,8 +988,9 @@ def plot(result: ReplayResult, path: str | Path, *, smooth: int = 4, title: str 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 6), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 0.5 + 0.45 * max(1, len(variants))]})
     fixed = {STATIC: "#95a5a6", DRIFTLINE: "#c0392b"}
-    baselines = iter(["#2e86de", "#1abc9c", "#34495e", "#7fb3d5", "#48c9b0"])
-    others = iter(["#8e44ad", "#e67e22", "#b7950b", "#6e2c00", "#ff66cc"])
+    # Cycled: a frontier run has more schedules than colours (k = 1, 2, 3, 4, 6, 8, 12, 16).
+    baselines = itertools.cycle(["#2e86de", "#1abc9c", "#34495e", "#7fb3d5", "#48c9b0", "#5d6d7e", "#a9cce3"])
+    others = itertools.cycle(["#8e44ad", "#e67e22", "#b7950b", "#6e2c00", "#ff66cc"])
     colour = {s.name: fixed.get(s.name) or next(others if s.name in result.steps else baselines)
               for s in result.strategies}
     for s in result.strategies:

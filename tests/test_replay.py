@@ -694,3 +694,10 @@ def test_bench_full_run_replays_every_frontier_schedule(tmp_path, monkeypatch):
     with pytest.raises(Seen) as caught:
         bench.run_dataset(bench.SMOKE, tmp_path, tmp_path, smoke=False)
     assert caught.value.args[0] == (1, 2, 3, 4, 6, 8, 12, 16)
+
+
+def test_plot_draws_as_many_schedules_as_a_frontier_run_has(tmp_path):
+    data = prepared(every=(1, 2, 3, 4, 6, 8, 12), every_held_out=(1, 2))
+    result = replay.run(data, variants={})
+    assert len(result.strategies) == 10  # more than there are colours
+    assert replay.plot(result, tmp_path / "p.png").stat().st_size > 0
