@@ -71,14 +71,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _model_yaml(model: str):
+    """The model's YAML under the models folder. The argument is a model name, never a path: a
+    name like '../x' would load a YAML from anywhere."""
+    import re
+
+    from ml.config import ConfigError
+    from ml.settings import get_settings
+
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", model):
+        raise ConfigError(f"model {model!r}: a model name (lower-case letters, digits, _), not a path; "
+                          "the models are the YAML files in DRIFTLINE_MODELS_DIR")
+    return get_settings().models_dir / f"{model}.yaml"
+
+
 def _load(model: str):
     from ml.config import load_config
     from ml.loop import Context
     from ml.settings import get_settings
 
-    settings = get_settings()
-    config = load_config(settings.models_dir / f"{model}.yaml")
-    return config, Context.open(config, settings)
+    config = load_config(_model_yaml(model))
+    return config, Context.open(config, get_settings())
 
 
 def _open_store(model: str):
@@ -89,7 +102,7 @@ def _open_store(model: str):
     from ml.store import Store
 
     settings = get_settings()
-    config = load_config(settings.models_dir / f"{model}.yaml")
+    config = load_config(_model_yaml(model))
     url = config.data.store_url or settings.store_url
     with _store_errors(url):
         return config, Store(url)

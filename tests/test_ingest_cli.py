@@ -4,6 +4,7 @@ is refused in one line with exit 2 and nothing of it stored; good input is store
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -307,3 +308,15 @@ def test_unparsable_store_url_is_one_line(tmp_path, capsys, monkeypatch, home):
     assert code == 1
     (line,) = err.strip().splitlines()
     assert line.startswith("driftline: error: store (DRIFTLINE_STORE_URL or data.store_url): ArgumentError: ")
+
+
+def test_the_model_argument_is_a_name_not_a_path(tmp_path, capsys):
+    from driftline.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    outside = tmp_path / "elsewhere.yaml"  # a valid model YAML, outside the models folder
+    outside.write_text((root / "models" / "credit_default.yaml").read_text())
+    rows = tmp_path / "rows.csv"
+    rows.write_text("row_id,ts\n")
+    assert main(["ingest", "../" * 12 + str(outside.with_suffix("")).lstrip("/"), "--rows", str(rows)]) == 2
+    assert "a model name (lower-case letters, digits, _), not a path" in capsys.readouterr().err
