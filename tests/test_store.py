@@ -345,6 +345,8 @@ def test_record_predictions_and_unscored_and_version(store, config):
         {"row_id": rows["row_id"].iloc[:10], "prediction": np.array([0, 1] * 5), "score": np.linspace(0.05, 0.95, 10)}
     )
     assert store.record_predictions(MODEL, first, version=1, scored_at=scored_at) == 10
+    unknown = pd.DataFrame({"row_id": ["no-such-row", rows["row_id"].iloc[0]], "prediction": [1, 0], "score": [0.5, 0.05]})
+    assert store.record_predictions(MODEL, unknown, version=1, scored_at=scored_at) == 1  # counts stored rows only
     second = pd.DataFrame({"row_id": rows["row_id"].iloc[10:15], "prediction": [1] * 5, "score": [np.nan] * 5})
     store.record_predictions(MODEL, second, version=2, scored_at=scored_at)
 
