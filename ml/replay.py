@@ -1070,13 +1070,6 @@ def frontier_plot(result: ReplayResult, path: str | Path, *, title: str | None =
         edge = ax.get_ylim()[1] if result.greater_is_better else ax.get_ylim()[0]
         ax.fill_between(xs, fy, edge, color="#27ae60", alpha=0.1, zorder=1,
                         label=f"better than the schedule ({result.metric} {'above' if result.greater_is_better else 'below'} the line)")
-        bottom, top = ax.get_ylim()
-        for p in frontier:
-            inside = bottom <= p.metric <= top
-            y = p.metric if inside else (bottom if p.metric < bottom else top)
-            text = p.tag if inside else f"{p.tag} ({p.metric:.4g}, off the axis)"
-            ax.annotate(text, (p.retrains, y), textcoords="offset points",
-                        xytext=(5, -12 if inside or p.metric > top else 5), fontsize=8, color="#2e86de")
     markers = iter(["D", "s", "^", "v", "P", "X", "*", "h"])
     colours = iter(["#c0392b", "#8e44ad", "#e67e22", "#16a085", "#b7950b", "#6e2c00", "#ff66cc", "#34495e"])
     same_place: dict[tuple[int, float], list[str]] = {}  # variants that landed on one point share a label
@@ -1090,20 +1083,50 @@ def frontier_plot(result: ReplayResult, path: str | Path, *, title: str | None =
         same_place.setdefault((s.retrains, round(s.metric, 9)), []).append(short)
     most = max([p.retrains for p in frontier] + [s.retrains for s in variants] + [1])
     ax.set_xlim(-most * 0.02 - 0.5, most * 1.1 + 0.5)
-    placed: list[tuple[float, float]] = []  # label anchors in pixels: near points get staggered labels
-    for (x, y), names in sorted(same_place.items()):
-        px, py = ax.transData.transform((x, y))
-        for dy in (4, -14, 16, -26, 28):
-            if all(abs(px - qx) > 150 or abs(py + dy - qy) > 12 for qx, qy in placed):
-                break
-        placed.append((px, py + dy))
-        ax.annotate(" = ".join(names), (x, y), textcoords="offset points", xytext=(7, dy), fontsize=8.5)
     ax.set_xlabel("retrains (models trained after the first)")
     ax.set_ylabel(f"{result.metric} over every predicted row" + ("" if result.greater_is_better else " (lower is better)"))
     ax.set_title(title or f"{result.name}: Driftline against fixed retraining schedules", fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, frameon=False)
-    fig.tight_layout()
+    fig.tight_layout()  # before the labels: they are placed in the final layout's points
+
+    bottom, top = ax.get_ylim()
+    boxes: list[tuple[float, float, float, float]] = []  # taken space, in points: markers, then labels
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        px, py = ax.transData.transform((x, y))
+        return px * 72 / fig.dpi, py * 72 / fig.dpi
+
+    frame_box = ax.get_window_extent()
+    inner = [v * 72 / fig.dpi for v in (frame_box.x0, frame_box.y0, frame_box.x1, frame_box.y1)]
+
+    def clash(box: tuple[float, float, float, float]) -> float:
+        """Area covered of markers and labels placed before; anything outside the axes counts as all."""
+        if not (inner[0] <= box[0] and box[2] <= inner[2] and inner[1] <= box[1] and box[3] <= inner[3]):
+            return float("inf")
+        return sum(max(0.0, min(box[2], b[2]) - max(box[0], b[0])) * max(0.0, min(box[3], b[3]) - max(box[1], b[1]))
+                   for b in boxes)
+
+    def put(x: float, y: float, text: str, size: float, gap: float, **style: Any) -> None:
+        """The spot around (x, y) that covers the least of the markers and labels placed before."""
+        ox, oy = at(x, y)
+        width, height = len(text) * size * 0.55, size * 1.05
+        spots = [(dx, dy) for dy in (3, -height - 2, height + 4, -2 * height - 5, 2 * height + 6, -3 * height - 7)
+                 for dx in (gap, -width - gap)]
+        dx, dy = min(spots, key=lambda d: (clash((ox + d[0], oy + d[1], ox + d[0] + width, oy + d[1] + height)),
+                                           spots.index(d)))
+        boxes.append((ox + dx, oy + dy, ox + dx + width, oy + dy + height))
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=size, **style)
+
+    for x, y in [(p.retrains, min(max(p.metric, bottom), top)) for p in frontier] + list(same_place):
+        cx, cy = at(x, y)
+        boxes.append((cx - 4, cy - 4, cx + 4, cy + 4))
+    for (x, y), names in same_place.items():  # in the result's order, Driftline's default first
+        put(x, y, " = ".join(names), 8.5, 7)
+    for p in frontier:
+        inside = bottom <= p.metric <= top
+        text = p.tag if inside else f"{p.tag} ({p.metric:.4g}, off the axis)"
+        put(p.retrains, min(max(p.metric, bottom), top), text, 8, 5, color="#2e86de")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
