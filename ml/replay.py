@@ -1070,8 +1070,8 @@ def frontier_plot(result: ReplayResult, path: str | Path, *, title: str | None =
         edge = ax.get_ylim()[1] if result.greater_is_better else ax.get_ylim()[0]
         ax.fill_between(xs, fy, edge, color="#27ae60", alpha=0.1, zorder=1,
                         label=f"better than the schedule ({result.metric} {'above' if result.greater_is_better else 'below'} the line)")
-    markers = iter(["D", "s", "^", "v", "P", "X", "*", "h"])
-    colours = iter(["#c0392b", "#8e44ad", "#e67e22", "#16a085", "#b7950b", "#6e2c00", "#ff66cc", "#34495e"])
+    markers = itertools.cycle(["D", "s", "^", "v", "P", "X", "*", "h"])  # cycle: any number of variants
+    colours = itertools.cycle(["#c0392b", "#8e44ad", "#e67e22", "#16a085", "#b7950b", "#6e2c00", "#ff66cc", "#34495e"])
     same_place: dict[tuple[int, float], list[str]] = {}  # variants that landed on one point share a label
     for s in variants:
         gap = gaps.get(s.name)

@@ -701,3 +701,11 @@ def test_plot_draws_as_many_schedules_as_a_frontier_run_has(tmp_path):
     result = replay.run(data, variants={})
     assert len(result.strategies) == 10  # more than there are colours
     assert replay.plot(result, tmp_path / "p.png").stat().st_size > 0
+
+
+
+def test_frontier_plot_draws_more_variants_than_it_has_markers(tmp_path):
+    scores = {"static": (0, 0.6), **{f"every_{k}": (100 // k, 0.8 - k / 100) for k in (1, 2, 3, 4, 6, 8, 12, 16)},
+              **{f"driftline_{i}": (5 + 3 * i, 0.7 + i / 100) for i in range(10)}}
+    path = replay.frontier_plot(hand_result(scores=scores), tmp_path / "many.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
