@@ -294,6 +294,14 @@ class EstimatorSpec(_Strict):
                 f"params: {self.class_path} has no parameter {', '.join(problems)}; "
                 f"its parameters are {valid}"
             )
+        # Values too (C: -1, max_iter: "many"): scikit-learn estimators declare their parameters'
+        # constraints and check them when fit starts; check them now, without data.
+        validate = getattr(estimator, "_validate_params", None)
+        if callable(validate) and self.params:
+            try:
+                estimator(**self.params)._validate_params()
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"params: {' '.join(str(exc).split())}") from None
         return self
 
     def load_class(self) -> type:

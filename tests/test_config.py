@@ -751,3 +751,14 @@ def test_bad_feature_value_checks(tmp_path, index, change, field, problem):
     assert str(path) in message
     assert f"field '{field}'" in message
     assert problem in message
+
+
+@pytest.mark.parametrize("params, problem", [({"C": -1.0}, "'C' parameter"), ({"max_iter": "many"}, "'max_iter'")])
+def test_estimator_param_values_are_checked_at_parse(params, problem, tmp_path):
+    from ml.config import ConfigError, load_config
+
+    text = (Path(__file__).resolve().parent.parent / "models" / "credit_default.yaml").read_text()
+    text = text.replace("params: {C: 1.0, max_iter: 500}", "params: " + str(params).replace("'", ""))
+    (tmp_path / "credit_default.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=rf"field 'estimator.params': .*{problem}"):
+        load_config(tmp_path / "credit_default.yaml")
