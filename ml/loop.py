@@ -737,14 +737,32 @@ def promote(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: d
     else:
         log.info("promoted v%s (previous champion %s)%s", result["champion"], result["previous_champion"],
                  " [forced]" if forced else "")
-    return {**result, "forced": forced, "links": ctx.tracker.version_links(result["champion"])}
+    out = {**result, "forced": forced, "links": ctx.tracker.version_links(result["champion"])}
+    from ml import alerts
+
+    _headline(ctx, version, alerts.promoted(ctx.config.name, out, candidate=candidate, evaluation=evaluation,
+                                            actor=run.actor, reason=run.param("reason")).summary)
+    return out
+
+
+def _headline(ctx: Context, version: int, line: str) -> None:
+    """The version page's first line says what became of it (the versions table shows the
+    description's start): the same one-line summary the alerts send."""
+    current = ctx.registry.description(version)
+    body = current.split("\n\n", 1)[1] if current.startswith("**v") and "\n\n" in current else current
+    ctx.registry.describe(version, f"**{line.split(' ', 1)[1]}**\n\n{body}")
 
 
 def reject(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     result = ctx.registry.reject(int(candidate["version"]), run_id=run.run_id, actor=run.actor,
                                  reasons=list(evaluation["reasons"]))
     log.info("rejected v%s; champion stays v%s", candidate["version"], result["champion"])
-    return {**result, "links": ctx.tracker.version_links(int(candidate["version"]))}
+    out = {**result, "links": ctx.tracker.version_links(int(candidate["version"]))}
+    from ml import alerts
+
+    _headline(ctx, int(candidate["version"]),
+              alerts.rejected(ctx.config.name, out, candidate=candidate, evaluation=evaluation).summary)
+    return out
 
 
 def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None, decision: dict | None,

@@ -17,6 +17,7 @@ no compare-and-set: the last writer of an alias wins).
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ ABANDONED = "move_abandoned"
 TAG = "driftline."
 STAGE_FOR_ALIAS = {CHAMPION: "Production", CHALLENGER: "Staging"}
 _TAG_LIMIT = 4900  # MLflow caps tag values at 5000 characters
+_DETAILS_LIMIT = 7900  # MLflow's tag value limit is 8000 characters on SQL stores
+DETAILS = TAG + "details"
+# Own tags in the versions table: why it exists, the verdict, the headline metric and gain, its
+# data window, the Airflow run. Everything else is in DETAILS.
+SHOWN = frozenset({"trigger", "verdict", "data_start", "data_end", "dag_run_id", "promoted_at"})
+_EVAL_DETAILS = frozenset({"eval_champion", "eval_ci_low", "eval_ci_high", "eval_rows", "eval_verdict"})
 _Move = TypeVar("_Move", bound=Callable[..., Any])
 
 
@@ -45,6 +52,34 @@ class RegistryError(RuntimeError):
 
 class UnblessedModelError(RegistryError):
     """A version Driftline did not register (or, to serve, did not promote): it is never loaded."""
+
+
+def shown(key: str) -> bool:
+    """Tags kept as their own tags: what a person filters the versions table on."""
+    return key in SHOWN or (key.startswith("eval_") and key not in _EVAL_DETAILS)
+
+
+def details(tags: dict[str, str]) -> dict[str, str]:
+    """The version's ``driftline.details`` JSON tag (empty when absent or unreadable)."""
+    try:
+        found = json.loads(tags.get(DETAILS) or "{}")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _fit_json(values: dict[str, str], limit: int) -> str:
+    """JSON of ``values`` within ``limit`` characters: the longest values are shortened (marked with
+    "…") rather than the JSON cut, which would lose every value."""
+    values = dict(values)
+    text = json.dumps(values, sort_keys=True)
+    while len(text) > limit:
+        key = max(values, key=lambda k: len(values[k]))
+        if len(values[key]) <= 16:
+            raise ValueError(f"registry details: {len(values)} values do not fit in {limit} characters")
+        values[key] = values[key][: len(values[key]) // 2] + "…"
+        text = json.dumps(values, sort_keys=True)
+    return text
 
 
 def is_missing(exc: Exception) -> bool:
@@ -78,7 +113,9 @@ class VersionInfo:
     run_id: str | None
 
     def tag(self, key: str, default: str | None = None) -> str | None:
-        return self.tags.get(TAG + key, default)
+        if TAG + key in self.tags:
+            return self.tags[TAG + key]
+        return details(self.tags).get(key, default)
 
     def tag_float(self, key: str) -> float | None:
         value = self.tag(key)
@@ -207,9 +244,18 @@ class Registry:
     # ---- writes -------------------------------------------------------------------------------
 
     def set_tags(self, version: int, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            text = "" if value is None else str(value)
-            self.client.set_model_version_tag(self.name, str(version), TAG + key, text[:_TAG_LIMIT])
+        """A few tags a person filters on in MLflow's versions table stay tags of their own
+        (:data:`SHOWN`); the rest go into one JSON tag, ``driftline.details`` (a row of ~25 tags was
+        ~550 px tall). :meth:`VersionInfo.tag` reads either."""
+        texts = {key: ("" if value is None else str(value)) for key, value in tags.items()}
+        hidden = {key: text for key, text in texts.items() if not shown(key)}
+        for key, text in texts.items():
+            if shown(key):
+                self.client.set_model_version_tag(self.name, str(version), TAG + key, text[:_TAG_LIMIT])
+        if hidden:
+            current = self.client.get_model_version(self.name, str(version)).tags or {}
+            merged = {**details(current), **hidden}
+            self.client.set_model_version_tag(self.name, str(version), DETAILS, _fit_json(merged, _DETAILS_LIMIT))
 
     def describe(self, version: int, markdown: str) -> None:
         self.client.update_model_version(self.name, str(version), description=markdown)

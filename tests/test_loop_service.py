@@ -372,3 +372,34 @@ def test_a_bad_score_chunk_setting_is_refused(monkeypatch):
     monkeypatch.setenv("DRIFTLINE_SCORE_CHUNK_ROWS", "0")
     with pytest.raises(ValueError, match="DRIFTLINE_SCORE_CHUNK_ROWS: expected a whole number >= 1, got '0'"):
         get_settings()
+
+
+def test_a_version_page_opens_with_what_became_of_it_and_keeps_few_tags(config, stream):
+    from ml.registry import DETAILS, TAG
+
+    _, _, ctx = _champion_ctx(config, stream)
+    info = ctx.registry.info(1)
+    description = ctx.registry.description(1)
+    assert description.startswith("**v1 promoted: time retrain")
+    assert "\n\n### Why this version exists" in description
+    own = sorted(k for k in info.tags if k.startswith(TAG))
+    # What a person filters the versions table on, plus one JSON tag with the rest.
+    assert set(own) <= {TAG + k for k in ("trigger", "verdict", "data_start", "data_end", "dag_run_id", "promoted_at",
+                                          "eval_roc_auc", "eval_improvement")} | {DETAILS}
+    assert len(own) <= 9
+    assert info.tag("mlflow_run_id") and info.tag("data_hash") and info.tag("reasons")  # still read through tag()
+    out = loop.run_cycle(ctx, run(2, retrain=True, reason="check the page"))
+    version = out["candidate"]["version"]
+    head = ctx.registry.description(version).split("\n", 1)[0]
+    assert head.startswith(f"**v{version} {'promoted' if 'promote' in out else 'rejected'}: manual retrain")
+
+
+def test_details_tag_shortens_long_values_instead_of_breaking_its_json():
+    import json
+
+    from ml.registry import _fit_json
+
+    text = _fit_json({"reasons": "x" * 20000, "strategy": "full"}, 7900)
+    assert len(text) <= 7900
+    values = json.loads(text)
+    assert values["strategy"] == "full" and values["reasons"].endswith("…")
