@@ -547,6 +547,8 @@ def decide(ctx: Context, run: RunInfo, check: dict[str, Any]) -> dict[str, Any]:
     events = [e["id"] for e in ctx.store.pending_events(config.name)] if decision.retrain else []
     line = decision.summary()
     log.info("decision: %s", line)
+    for note in decision.not_run:
+        log.info("decision: %s", note)
     return {**decision.to_dict(), "summary": line, "as_of": as_of.isoformat(),
             "model_age": format_duration(facts.model_age) if facts.model_age else None,
             "new_labels": facts.new_labels, "events": events}
@@ -782,6 +784,7 @@ def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None
         "trigger": (decision or {}).get("kind", "none"),
         "reasons": (decision or {}).get("reasons", []),
         "held_back": (decision or {}).get("held_back", []),
+        "not_run": (decision or {}).get("not_run", []),
         "decision": (decision or {}).get("summary"),
         "candidate_version": (candidate or {}).get("version"),
         "evaluation": (evaluation or {}).get("summary"),

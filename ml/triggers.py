@@ -9,7 +9,7 @@ request is not held back (``force`` goes further and promotes past the gate: see
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -77,6 +77,8 @@ class Decision:
     force: bool = False
     # Train only on rows after this time (ISO): the start of the drift episode being answered.
     train_after: str | None = None
+    # Rules the policy sets that could not run this time, and why (e.g. too few labelled rows).
+    not_run: tuple[str, ...] = field(default=())
 
     @property
     def retrain(self) -> bool:
@@ -95,7 +97,8 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(reasons=list(self.reasons), held_back=list(self.held_back), branch=self.branch)
+        data.update(reasons=list(self.reasons), held_back=list(self.held_back), branch=self.branch,
+                    not_run=list(self.not_run))
         return data
 
     @classmethod
@@ -106,6 +109,7 @@ class Decision:
             held_back=tuple(data.get("held_back", ())),
             force=bool(data.get("force", False)),
             train_after=data.get("train_after"),
+            not_run=tuple(data.get("not_run", ())),
         )
 
 
@@ -148,7 +152,31 @@ def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]
     return reasons
 
 
+def rules_not_run(policy: TriggerPolicy, facts: TriggerInputs) -> tuple[str, ...]:
+    """The policy's rules that could not judge this run, each with why: said in the decision log
+    rather than read as "nothing crossed a threshold"."""
+    if not facts.has_champion:
+        return ()
+    out = []
+    live_rules = [name for name, value in (("metric_floor", policy.metric_floor),
+                                           ("max_relative_drop", policy.max_relative_drop)) if value is not None]
+    if live_rules and (facts.live_metric is None or facts.live_rows < policy.min_live_rows):
+        why = (f"{facts.live_rows} newly labelled rows served by the champion < triggers.min_live_rows "
+               f"({policy.min_live_rows})" if facts.live_rows < policy.min_live_rows
+               else "the live metric is undefined on the newly labelled rows (e.g. one class only)")
+        out.append(f"{' and '.join(live_rules)}: not run, {why}")
+    elif policy.max_relative_drop is not None and not facts.reference_metric:
+        out.append("max_relative_drop: not run, no reference level for the champion yet")
+    if policy.drift_share is not None and facts.drift_share is None:
+        out.append("drift_share: not run, no drift share was computed")
+    return tuple(out)
+
+
 def decide(policy: TriggerPolicy, facts: TriggerInputs) -> Decision:
+    return replace(_decide(policy, facts), not_run=rules_not_run(policy, facts))
+
+
+def _decide(policy: TriggerPolicy, facts: TriggerInputs) -> Decision:
     if facts.manual or facts.force:
         who = facts.requested_by or "someone"
         why = facts.reason or "no reason given"

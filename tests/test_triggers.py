@@ -388,6 +388,7 @@ def test_to_dict_contents():
         "force": False,
         "train_after": "2026-01-07T00:00:00+00:00",
         "branch": "retrain_on_threshold",
+        "not_run": [],
     }
 
 
@@ -488,3 +489,13 @@ def test_drift_retrain_waits_until_the_onset_has_enough_rows_to_train():
     ready = decide(policy(min_new_labels=0), facts(drift_share=0.55, drift_onset=onset, labels_after_onset=50,
                                                    min_train_rows=50))
     assert ready.kind == "threshold"
+
+
+def test_a_rule_that_cannot_run_says_so():
+    few = decide(policy(), facts(live_metric=0.3, live_rows=12))
+    assert few.kind == "none"
+    assert few.not_run == ("metric_floor and max_relative_drop: not run, 12 newly labelled rows served by the "
+                           "champion < triggers.min_live_rows (50)",)
+    assert Decision.from_dict(few.to_dict()).not_run == few.not_run
+    assert decide(policy(), facts()).not_run == ()  # every rule could judge
+    assert decide(policy(), TriggerInputs(has_champion=False)).not_run == ()  # nothing to judge yet
