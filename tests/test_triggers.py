@@ -494,8 +494,8 @@ def test_drift_retrain_waits_until_the_onset_has_enough_rows_to_train():
 def test_a_rule_that_cannot_run_says_so():
     few = decide(policy(), facts(live_metric=0.3, live_rows=12))
     assert few.kind == "none"
-    assert few.not_run == ("metric_floor and max_relative_drop: not run, 12 newly labelled rows served by the "
-                           "champion < triggers.min_live_rows (50)",)
+    assert few.not_run == (("metric_floor and max_relative_drop: not run, 12 newly labelled rows served by the "
+                            "champion < triggers.min_live_rows (50)"),)
     assert Decision.from_dict(few.to_dict()).not_run == few.not_run
     assert decide(policy(), facts()).not_run == ()  # every rule could judge
     assert decide(policy(), TriggerInputs(has_champion=False)).not_run == ()  # nothing to judge yet
