@@ -47,6 +47,22 @@ def write_csv(path: Path, rows: int, block: int = 50_000) -> None:
             period += 1
 
 
+def _run_child(command: list[str], env: dict[str, str], what: str) -> tuple[str, float, float]:
+    """Run ``command``; returns its stdout, its own peak RSS in MB and its wall time in s."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wait4 on this pid: the peak of exactly that process, not of every child this process had.
+    _, status, usage = os.wait4(child.pid, 0)
+    wall_s = time.perf_counter() - started
+    out, err = child.stdout.read(), child.stderr.read()
+    child.stdout.close()
+    child.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{what} failed with exit {code}: {err.strip()[-2000:]}")
+    return out, usage.ru_maxrss / 1024, wall_s  # Linux reports KiB
+
+
 def measure(rows: int, chunk_rows: int, workdir: Path) -> dict:
     csv = workdir / "rows.csv"
     started = time.perf_counter()
@@ -56,22 +72,12 @@ def measure(rows: int, chunk_rows: int, workdir: Path) -> dict:
     env = {**os.environ, "DRIFTLINE_HOME": str(workdir / "home"), "DRIFTLINE_STORE_URL": f"sqlite:///{store}"}
     command = [sys.executable, "-m", "driftline.cli", "ingest", MODEL, "--rows", str(csv),
                "--chunk-rows", str(chunk_rows)]
-    started = time.perf_counter()
-    child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # wait4 on this pid: the peak of exactly the ingesting process, not of every child this process had.
-    _, status, usage = os.wait4(child.pid, 0)
-    wall_s = time.perf_counter() - started
-    out, err = child.stdout.read(), child.stderr.read()
-    child.stdout.close()
-    child.stderr.close()
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise RuntimeError(f"ingest failed with exit {child.returncode}: {err.strip()[-2000:]}")
+    out, peak_mb, wall_s = _run_child(command, env, "ingest")
     with sqlite3.connect(store) as conn:
         stored = conn.execute("select count(*) from dl_observations").fetchone()[0]
     return {
         "rows": rows, "chunk_rows": chunk_rows, "csv_mb": csv.stat().st_size / 2**20,
-        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "peak_rss_mb": peak_mb,
         "wall_s": wall_s, "generate_s": generate_s, "stored": stored, "output": out.strip(),
     }
 
@@ -112,18 +118,9 @@ def score_child() -> int:
 def measure_scoring(workdir: Path) -> dict:
     env = {**os.environ, "DRIFTLINE_HOME": str(workdir / "home"),
            "DRIFTLINE_STORE_URL": f"sqlite:///{workdir / 'store.db'}"}
-    started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "bench.ingest_memory", "--score-child"], env=env, cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall_s = time.perf_counter() - started
-    out, err = child.stdout.read(), child.stderr.read()
-    child.stdout.close()
-    child.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"scoring failed: {err.strip()[-2000:]}")
+    out, peak_mb, wall_s = _run_child([sys.executable, "-m", "bench.ingest_memory", "--score-child"], env, "scoring")
     answer = json.loads(out.strip().splitlines()[-1])
-    return {"scored": answer["scored"], "score_peak_rss_mb": usage.ru_maxrss / 1024, "score_wall_s": wall_s,
+    return {"scored": answer["scored"], "score_peak_rss_mb": peak_mb, "score_wall_s": wall_s,
             "score_step_s": answer["score_s"]}
 
 

@@ -172,12 +172,7 @@ def build_continuous_training(cfg: ModelConfig):
     def continuous_training():
         @task.branch(doc_md="Rolls back if the champion is worse than the previous champion on the rows it served.")
         def guard_champion() -> str:
-            run = _run_info()
-            try:
-                loop.check_params(run.params)
-            except loop.USER_ERRORS as exc:
-                raise AirflowFailException(str(exc)) from exc
-            result = _step(cfg, loop.guard_champion, run)
+            result = _step(cfg, loop.guard_champion, _run_info())
             get_current_context()["ti"].xcom_push(key="guard", value=result)
             return "rollback_champion" if result["action"] == "rollback" else "keep_champion"
 

@@ -227,11 +227,12 @@ def resume_moves(ctx: Context) -> list[dict[str, Any]]:
 
 
 def guard_champion(ctx: Context, run: RunInfo) -> dict[str, Any]:
-    """First, finish any registry move an earlier run left half-done; then compare the champion
-    with the previous champion on the rows the champion served since its promotion, once enough of
-    them are labelled. Returns ``action`` "rollback" or "keep"."""
+    """The run's first step: check its params, finish any registry move an earlier run left
+    half-done, then compare the champion with the previous champion on the rows the champion served
+    since its promotion, once enough of them are labelled. Returns ``action`` "rollback" or "keep"."""
+    check_params(run.params)
     config = ctx.config
-    resumed = resume_moves(ctx) if ctx.registry.exists() else []
+    resumed = resume_moves(ctx)  # intents are read from the store: no registry call when there are none
     champion = champion_info(ctx)
     if champion is None:
         return {"action": "keep", "reason": "no champion yet", "resumed": resumed}
@@ -810,7 +811,6 @@ def run_cycle(ctx: Context, run: RunInfo, *, keep_report: bool = False,
     step's result by name, ``record`` last; ``trace``, when given, is filled as the steps finish,
     so a caller sees what was done before a step failed. A step's error propagates, as a failed
     task fails the DAG run (and no record is written)."""
-    check_params(run.params)
     out: dict[str, Any] = trace if trace is not None else {}
     out["guard"] = guard_champion(ctx, run)
     if out["guard"]["action"] == "rollback":

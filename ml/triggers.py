@@ -124,6 +124,11 @@ def drop_reference(
     return evaluation, "at promotion"
 
 
+def _live_metric_usable(policy: TriggerPolicy, facts: TriggerInputs) -> bool:
+    """The floor and relative-drop rules judge the live metric only on enough rows."""
+    return facts.live_metric is not None and facts.live_rows >= policy.min_live_rows
+
+
 def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]:
     reasons: list[str] = []
     if policy.drift_share is not None and facts.drift_share is not None and facts.drift_share >= policy.drift_share:
@@ -134,7 +139,7 @@ def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]
         )
     if policy.prediction_drift and facts.prediction_drifted:
         reasons.append("prediction drift detected")
-    if facts.live_metric is not None and facts.live_rows >= policy.min_live_rows:
+    if _live_metric_usable(policy, facts):
         live, better = facts.live_metric, facts.greater_is_better
         if policy.metric_floor is not None and (live < policy.metric_floor if better else live > policy.metric_floor):
             relation = "<" if better else ">"
@@ -160,7 +165,7 @@ def rules_not_run(policy: TriggerPolicy, facts: TriggerInputs) -> tuple[str, ...
     out = []
     live_rules = [name for name, value in (("metric_floor", policy.metric_floor),
                                            ("max_relative_drop", policy.max_relative_drop)) if value is not None]
-    if live_rules and (facts.live_metric is None or facts.live_rows < policy.min_live_rows):
+    if live_rules and not _live_metric_usable(policy, facts):
         why = (f"{facts.live_rows} newly labelled rows served by the champion < triggers.min_live_rows "
                f"({policy.min_live_rows})" if facts.live_rows < policy.min_live_rows
                else "the live metric is undefined on the newly labelled rows (e.g. one class only)")
