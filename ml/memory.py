@@ -57,6 +57,7 @@ class MemoryStore:
         self.score = np.full(n, np.nan)
         self.version = np.zeros(n, dtype=np.int64)  # 0: not scored
         self.quarantined = np.zeros(n, dtype=bool)
+        self.shadow: dict[int, dict[int, tuple[Any, float]]] = {}  # version -> position -> (prediction, score)
         self.visible = n
         self._events: list[dict[str, Any]] = []
         self._audit: list[dict[str, Any]] = []
@@ -97,7 +98,9 @@ class MemoryStore:
             mask &= self.version == 0
         if version is not None:
             mask &= self.version == int(version)
-        idx = np.flatnonzero(mask)[:limit]
+        return self._frame(np.flatnonzero(mask)[:limit], known, feature_names)
+
+    def _frame(self, idx: np.ndarray, known: np.ndarray, feature_names: Sequence[str]) -> pd.DataFrame:
         out = pd.DataFrame({"row_id": self.ids[idx], "ts": pd.to_datetime(self.ts[idx]).tz_localize("UTC")})
         out = pd.concat([out, self.features.iloc[idx].reset_index(drop=True)[list(feature_names)]], axis=1)
         out["prediction"] = self.prediction[idx]
@@ -107,6 +110,22 @@ class MemoryStore:
         out["label"] = np.where(shown, self.labels[idx], None)
         out["labelled_at"] = pd.to_datetime(np.where(shown, self.labelled_at[idx], np.datetime64("NaT")))
         out["labelled_at"] = out["labelled_at"].dt.tz_localize("UTC")
+        return out
+
+    def load_shadow(self, model: str, feature_names: Sequence[str], version: int, *, champion: int | None = None,
+                    labelled_until: datetime | None = None, labelled_only: bool = False) -> pd.DataFrame:
+        shadowed = self.shadow.get(int(version), {})
+        mask = self._stored()
+        mask &= np.isin(np.arange(len(self.ids)), list(shadowed))
+        known = self._known(labelled_until)
+        if labelled_only:
+            mask &= known
+        if champion is not None:
+            mask &= self.version == int(champion)
+        idx = np.flatnonzero(mask)
+        out = self._frame(idx, known, feature_names)
+        out["shadow_prediction"] = [shadowed[i][0] for i in idx]
+        out["shadow_score"] = np.array([shadowed[i][1] for i in idx], dtype=float)
         return out
 
     def latest_ts(self, model: str) -> datetime | None:
@@ -138,6 +157,17 @@ class MemoryStore:
             self.score[rows] = pd.to_numeric(frame["score"]).to_numpy()[picked]
         self.version[rows] = int(version)
         return len(rows)
+
+    def record_shadow_predictions(self, model: str, frame: pd.DataFrame, version: int, scored_at: datetime) -> int:
+        shadowed = self.shadow.setdefault(int(version), {})
+        scores = pd.to_numeric(frame["score"]).tolist() if "score" in frame.columns else [np.nan] * len(frame)
+        new = 0
+        for row_id, prediction, score in zip(frame["row_id"], frame["prediction"], scores, strict=True):
+            position = self.position.get(str(row_id))
+            if position is not None and position < self.visible and position not in shadowed:
+                shadowed[position] = (prediction, float("nan") if score is None else float(score))
+                new += 1
+        return new
 
     def add_event(self, model: str, kind: str, key: str, rows: int, occurred_at: datetime,
                   payload: dict | None = None) -> bool:

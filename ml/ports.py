@@ -54,6 +54,16 @@ class RowStore(Protocol):
 
     def record_predictions(self, model: str, frame: pd.DataFrame, version: int, scored_at: datetime) -> int: ...
 
+    def record_shadow_predictions(self, model: str, frame: pd.DataFrame, version: int, scored_at: datetime) -> int:
+        """A challenger's predictions on stored rows, kept beside the row's own (first write wins)."""
+        ...
+
+    def load_shadow(self, model: str, feature_names: Sequence[str], version: int, *, champion: int | None = None,
+                    labelled_until: datetime | None = None, labelled_only: bool = False) -> pd.DataFrame:
+        """Rows ``version`` scored in shadow, as ``load`` gives them, plus ``shadow_prediction`` and
+        ``shadow_score``; ``champion``: only rows that version served."""
+        ...
+
     def add_event(
         self, model: str, kind: str, key: str, rows: int, occurred_at: datetime, payload: dict | None = None
     ) -> bool: ...

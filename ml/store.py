@@ -102,6 +102,21 @@ quarantine = Table(
     Column("reason", Text, nullable=False),
 )
 
+# A challenger's predictions on rows the champion served, beside (never instead of) the row's own
+# prediction: the shadow gate compares the two, paired, once the rows are labelled. A table of its own
+# (create_all adds it to databases made before it), one row per (row, challenger version).
+shadow_predictions = Table(
+    "dl_shadow_predictions",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    Column("row_id", String(128), primary_key=True),
+    Column("model_version", Integer, primary_key=True),
+    Column("prediction", JSON),
+    Column("score", Float),
+    Column("scored_at", DateTime, nullable=False),
+    Index("ix_dl_shadow_predictions_model_version", "model", "model_version"),
+)
+
 audit = Table(
     "dl_audit_log",
     metadata,
@@ -305,6 +320,58 @@ class Store:
             else:
                 written = len(self._existing_ids(conn, observations, model, [p["rid"] for p in params]))
         return written
+
+    def record_shadow_predictions(self, model: str, frame: pd.DataFrame, version: int, scored_at: datetime) -> int:
+        """Write a challenger's shadow predictions (``row_id``, ``prediction``, optional ``score``) for
+        stored rows; the row's own prediction is left alone. A (row, version) already shadowed keeps its
+        first prediction (a retried score step writes nothing twice). Returns how many were new."""
+        if frame.empty:
+            return 0
+        scores = frame["score"].tolist() if "score" in frame.columns else [None] * len(frame)
+        values = [{"row_id": str(row_id), "prediction": prediction, "score": score}
+                  for row_id, prediction, score in zip(frame["row_id"], frame["prediction"], scores, strict=True)]
+        with self.engine.begin() as conn:
+            return insert_shadow(conn, model, values, int(version), to_utc_naive(scored_at))
+
+    def load_shadow(
+        self,
+        model: str,
+        feature_names: Sequence[str],
+        version: int,
+        *,
+        champion: int | None = None,
+        labelled_until: datetime | None = None,
+        labelled_only: bool = False,
+    ) -> pd.DataFrame:
+        """The rows challenger ``version`` scored in shadow, as :meth:`load` gives them (the row's own
+        ``prediction``, ``score`` and ``model_version`` are the champion's that served it) plus
+        ``shadow_prediction`` and ``shadow_score``: both models on the same rows, paired. ``champion``:
+        only rows that version served; labels as in :meth:`load`."""
+        label_join = and_(labels.c.row_id == observations.c.row_id, labels.c.model == observations.c.model)
+        if labelled_until is not None:
+            label_join = and_(label_join, labels.c.labelled_at <= to_utc_naive(labelled_until))
+        shadow_join = and_(shadow_predictions.c.model == observations.c.model,
+                           shadow_predictions.c.row_id == observations.c.row_id,
+                           shadow_predictions.c.model_version == int(version))
+        query = (
+            select(observations.c.row_id, observations.c.ts, observations.c.features, observations.c.prediction,
+                   observations.c.score, observations.c.model_version, labels.c.label, labels.c.labelled_at,
+                   shadow_predictions.c.prediction.label("shadow_prediction"),
+                   shadow_predictions.c.score.label("shadow_score"))
+            .select_from(observations.join(shadow_predictions, shadow_join)
+                         .join(labels, label_join, isouter=not labelled_only))
+            .where(observations.c.model == model, _not_quarantined())
+        )
+        if champion is not None:
+            query = query.where(observations.c.model_version == int(champion))
+        query = query.order_by(observations.c.ts, observations.c.row_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        frame = _to_frame(rows, feature_names)
+        frame["shadow_prediction"] = [row.shadow_prediction for row in rows]
+        frame["shadow_score"] = pd.to_numeric(pd.Series([row.shadow_score for row in rows], dtype="object"),
+                                              errors="coerce")
+        return frame
 
     @staticmethod
     def _existing_ids(conn, table: Table, model: str, ids: list[str]) -> set[str]:
@@ -732,6 +799,27 @@ class BatchWriter:
         self.labels.new += counts.new
         self.labels.already_stored += counts.already_stored
         return counts
+
+
+def insert_shadow(conn, model: str, values: list[dict[str, Any]], version: int, scored_at: datetime) -> int:
+    """Insert shadow predictions (``row_id``, ``prediction``, ``score``) of ``version`` inside ``conn``'s
+    transaction, for rows stored in ``dl_observations`` and not shadowed by that version yet (the
+    first prediction stays). The one writer for the score step and the online service."""
+    unique = {str(v["row_id"]): v for v in reversed(values)}  # a key twice: the first one wins
+    ids = list(unique)
+    stored = Store._existing_ids(conn, observations, model, ids)
+    done: set[str] = set()
+    for start in range(0, len(ids), 500):  # SQLite's variable limit
+        chunk = ids[start : start + 500]
+        done.update(conn.execute(select(shadow_predictions.c.row_id).where(and_(
+            shadow_predictions.c.model == model, shadow_predictions.c.model_version == version,
+            shadow_predictions.c.row_id.in_(chunk)))).scalars())
+    new = [{"model": model, "row_id": row_id, "model_version": version, "prediction": _json_safe(v["prediction"]),
+            "score": _json_safe(v.get("score")), "scored_at": scored_at}
+           for row_id, v in unique.items() if row_id in stored and row_id not in done]
+    if new:
+        conn.execute(shadow_predictions.insert(), new)
+    return len(new)
 
 
 def _not_quarantined():

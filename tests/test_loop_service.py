@@ -176,6 +176,24 @@ def test_memory_store_answers_as_the_sql_store(tmp_path, config, stream):
     assert sql.latest_labelled_ts(config.name, known) == memory.latest_labelled_ts(config.name, known)
     assert sql.count_labels(config.name, ts_after=sim.period_start(1), known_at=known) == memory.count_labels(
         config.name, ts_after=sim.period_start(1), known_at=known)
+    # shadow predictions: the same pairs, first write wins, unknown rows ignored
+    at = sim.period_start(4)
+    ids = list(stored["row_id"])
+    for target in (sql, memory):
+        target.record_predictions(config.name, pd.DataFrame({"row_id": ids[:300], "prediction": [0] * 300}), 1, at)
+        target.record_predictions(config.name, pd.DataFrame({"row_id": ids[300:400], "prediction": [0] * 100}), 3, at)
+        shadow = pd.DataFrame({"row_id": ids[250:350] + ["nope"], "prediction": [1] * 101, "score": [0.7] * 101})
+        assert target.record_shadow_predictions(config.name, shadow, 2, at) == 100
+        assert target.record_shadow_predictions(config.name, shadow.assign(prediction=0), 2, at) == 0
+    for kwargs in ({}, {"champion": 1}, {"champion": 3, "labelled_only": True, "labelled_until": known},
+                   {"labelled_until": sim.period_start(1)}):
+        a = sql.load_shadow(config.name, config.feature_names, 2, **kwargs)
+        b = memory.load_shadow(config.name, config.feature_names, 2, **kwargs)
+        assert len(a) and list(a["row_id"]) == list(b["row_id"]), kwargs
+        assert [int(v) for v in a["shadow_prediction"]] == [int(v) for v in b["shadow_prediction"]] == [1] * len(a)
+        assert list(a["model_version"]) == list(b["model_version"]), kwargs
+        assert a["label"].isna().tolist() == b["label"].isna().tolist(), kwargs
+        np.testing.assert_allclose(a["shadow_score"], b["shadow_score"])
 
 
 def test_scoring_loads_the_version_it_read_even_if_the_alias_moves_meanwhile(config, stream):

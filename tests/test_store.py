@@ -569,3 +569,62 @@ def test_quarantine_refuses_unknown_ids_and_needs_a_reason(store, config):
         store.quarantine(MODEL, ts_from=datetime(2090, 1, 1, tzinfo=UTC), reason="x")
     assert store.quarantined(MODEL) == [] and store.audit_log(MODEL) == []
     assert len(store.load(MODEL, config.feature_names)) == 40
+
+
+# ---- shadow predictions -------------------------------------------------------------------------
+
+
+def test_shadow_predictions_stay_beside_the_rows_own_and_load_paired(store, config):
+    rows = _ingest(store, config, [0], labelled=False)
+    ids = rows["row_id"].tolist()
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    store.record_predictions(MODEL, pd.DataFrame({"row_id": ids[:20], "prediction": [0] * 20, "score": [0.1] * 20}),
+                             version=1, scored_at=at)
+    shadow = pd.DataFrame({"row_id": ids[:10] + ["no-such-row"], "prediction": [1] * 11, "score": [0.9] * 11})
+    assert store.record_shadow_predictions(MODEL, shadow, version=2, scored_at=at) == 10  # stored rows only
+    again = shadow.assign(prediction=0, score=0.2)
+    assert store.record_shadow_predictions(MODEL, again, version=2, scored_at=at) == 0  # the first one stays
+    assert store.record_shadow_predictions(MODEL, shadow.iloc[:3], version=3, scored_at=at) == 3  # another version
+
+    # the row's own prediction is the champion's, untouched
+    assert store.load(MODEL, config.feature_names, version=1)["prediction"].tolist() == [0] * 20
+    paired = store.load_shadow(MODEL, config.feature_names, 2, champion=1)
+    assert paired["row_id"].tolist() == ids[:10]
+    assert paired["prediction"].tolist() == [0] * 10 and paired["shadow_prediction"].tolist() == [1] * 10
+    np.testing.assert_allclose(paired["shadow_score"], 0.9)
+    assert paired["model_version"].tolist() == [1] * 10
+    assert paired["label"].isna().all()
+    assert store.load_shadow(MODEL, config.feature_names, 2, champion=7).empty
+    assert store.load_shadow(MODEL, config.feature_names, 2, labelled_only=True).empty
+
+    labels = _labels(config, 0)
+    store.add_labels(MODEL, labels)
+    labelled = store.load_shadow(MODEL, config.feature_names, 2, labelled_only=True)
+    assert labelled["row_id"].tolist() == ids[:10]
+    known = dict(zip(labels["row_id"], labels["label"], strict=True))
+    assert labelled["label"].tolist() == [known[i] for i in ids[:10]]
+    before = labels["labelled_at"].min() - timedelta(seconds=1)
+    assert store.load_shadow(MODEL, config.feature_names, 2, labelled_only=True, labelled_until=before).empty
+    store.quarantine(MODEL, ids=ids[:2], reason="test")
+    assert store.load_shadow(MODEL, config.feature_names, 2)["row_id"].tolist() == ids[2:10]
+
+
+def test_shadow_table_is_added_to_a_database_made_before_it(home, config):
+    from sqlalchemy import create_engine, inspect
+
+    url = f"sqlite:///{home}/old.db"
+    old = create_engine(url)
+    tables = [t for name, t in store_module.metadata.tables.items() if name != "dl_shadow_predictions"]
+    store_module.metadata.create_all(old, tables=tables)
+    assert "dl_shadow_predictions" not in inspect(old).get_table_names()
+    old.dispose()
+    try:
+        s = Store(url)
+        assert "dl_shadow_predictions" in inspect(s.engine).get_table_names()
+        rows = _ingest(s, config, [0], labelled=False)
+        frame = pd.DataFrame({"row_id": rows["row_id"].iloc[:2], "prediction": [1, 0]})
+        assert s.record_shadow_predictions(MODEL, frame, 5, datetime(2026, 1, 1, tzinfo=UTC)) == 2
+    finally:
+        engine = store_module._engines.pop(url, None)
+        if engine is not None:
+            engine.dispose()
