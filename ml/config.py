@@ -422,6 +422,12 @@ class TriggerPolicy(_Strict):
 
 class PromotionGate(_Strict):
     metric: str = "accuracy"
+    # "holdout": each candidate is judged at once on the newest labelled span, which it does not
+    # train on. "shadow": it trains on every labelled row, becomes `challenger`, and is scored beside
+    # the champion on the rows that come next; once min_shadow_rows of those are labelled, the same
+    # paired bootstrap judges both on them. No other candidate is trained while one is in shadow.
+    gate: Literal["holdout", "shadow"] = "holdout"
+    min_shadow_rows: int = Field(default=200, ge=1)
     min_improvement: float = Field(default=0.0, ge=0)
     significance: float = 0.05
     floor: float | None = None
@@ -441,6 +447,20 @@ class PromotionGate(_Strict):
         if metric not in METRICS:
             raise ValueError(f"unknown metric '{metric}'; choose one of {sorted(METRICS)}")
         return metric
+
+    @model_validator(mode="after")
+    def _shadow_rows_need_shadow_gate(self) -> PromotionGate:
+        if "min_shadow_rows" in self.model_fields_set and self.gate != "shadow":
+            raise ValueError(f"min_shadow_rows: only used with gate: shadow (gate is '{self.gate}')")
+        return self
+
+
+class ServingSpec(_Strict):
+    """``driftline serve``: what the online service does besides answering with the champion."""
+
+    # While a `challenger` exists, it scores the same requests; its predictions are stored (for the
+    # shadow gate), never returned.
+    shadow: bool = False
 
 
 class RollbackGuard(_Strict):
@@ -530,6 +550,7 @@ class ModelConfig(_Strict):
     promotion: PromotionGate = PromotionGate()
     rollback: RollbackGuard = RollbackGuard()
     alerts: AlertsSpec = AlertsSpec()
+    serving: ServingSpec = ServingSpec()
     # Set by the loader: the YAML file this config came from.
     source: str | None = None
 

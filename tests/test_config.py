@@ -762,3 +762,24 @@ def test_estimator_param_values_are_checked_at_parse(params, problem, tmp_path):
     (tmp_path / "credit_default.yaml").write_text(text)
     with pytest.raises(ConfigError, match=rf"field 'estimator.params': .*{problem}"):
         load_config(tmp_path / "credit_default.yaml")
+
+
+def test_shadow_gate_and_serving_shadow_options(tmp_path):
+    data = copy.deepcopy(BASE)
+    data.setdefault("promotion", {}).update(gate="shadow", min_shadow_rows=120)
+    data["serving"] = {"shadow": True}
+    config = load_config(_write(tmp_path, data))
+    assert (config.promotion.gate, config.promotion.min_shadow_rows, config.serving.shadow) == ("shadow", 120, True)
+    defaults = load_config(_write(tmp_path, copy.deepcopy(BASE)))
+    assert (defaults.promotion.gate, defaults.promotion.min_shadow_rows, defaults.serving.shadow) == ("holdout", 200,
+                                                                                                      False)
+    _, error = _bad(tmp_path, lambda d: d.setdefault("promotion", {}).update(gate="canary"))
+    assert "promotion.gate" in error
+    _, error = _bad(tmp_path, lambda d: d.setdefault("promotion", {}).update(min_shadow_rows=50))
+    assert "promotion.min_shadow_rows" in error and "gate: shadow" in error
+    _, error = _bad(tmp_path, lambda d: d.setdefault("promotion", {}).update(gate="shadow", min_shadow_rows=0))
+    assert "promotion.min_shadow_rows" in error
+    _, error = _bad(tmp_path, lambda d: d.update(serving={"shadow": "perhaps"}))
+    assert "serving.shadow" in error
+    _, error = _bad(tmp_path, lambda d: d.update(serving={"canary": 0.1}))
+    assert "serving.canary" in error
