@@ -332,7 +332,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from driftline import serve
 
     return serve.run(args.model, host=args.host, port=args.port, workers=args.workers,
-                     poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds)
+                     poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds,
+                     webhook_poll_seconds=args.webhook_poll_seconds, webhook_url=args.webhook_url)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -421,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     from driftline.replay_cli import add_arguments as replay_arguments
 
     replay = sub.add_parser("replay", help="replay a time-ordered CSV through Driftline's decisions and baselines",
+    serve.add_argument("--webhook-poll-seconds", type=float, default=30.0,
+                       help="the poll while an MLflow webhook is registered (DRIFTLINE_SERVE_WEBHOOK_SECRET set)")
+    serve.add_argument("--webhook-url", default=None,
+                       help="the URL MLflow calls (default http://HOST:PORT/webhooks/mlflow; or "
+                            "DRIFTLINE_SERVE_WEBHOOK_URL)")
                             description=REPLAY_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     replay_arguments(replay)
     replay.set_defaults(func=_cmd_replay)

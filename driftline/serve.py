@@ -26,6 +26,13 @@ log = logging.getLogger("driftline.serve")
 ENV_MODEL = "DRIFTLINE_SERVE_MODEL"
 ENV_POLL = "DRIFTLINE_SERVE_POLL_SECONDS"
 ENV_FLUSH = "DRIFTLINE_SERVE_FLUSH_SECONDS"
+# Webhooks (documented in README "Serving"): the shared secret MLflow signs deliveries with (no secret,
+# no webhook: polling only), the URL MLflow should call, and how old a delivery may be.
+ENV_WEBHOOK_SECRET = "DRIFTLINE_SERVE_WEBHOOK_SECRET"
+ENV_WEBHOOK_URL = "DRIFTLINE_SERVE_WEBHOOK_URL"
+ENV_WEBHOOK_TOLERANCE = "DRIFTLINE_SERVE_WEBHOOK_TOLERANCE_SECONDS"
+ENV_WEBHOOK_ID = "DRIFTLINE_SERVE_WEBHOOK_ID"  # set by run() for its workers: the registered webhook
+WEBHOOK_PATH = "/webhooks/mlflow"
 
 
 def create_app(
@@ -41,6 +48,9 @@ def create_app(
         PredictionWriter,
         RequestError,
         ScoringService,
+        WebhookRejected,
+        verify_webhook,
+        webhook_concerns,
     )
     from ml.settings import get_settings
     from ml.store import Store
@@ -57,6 +67,8 @@ def create_app(
                               flush_seconds=flush_seconds)
     service = ScoringService(config, holder, writer)
     state: dict[str, Any] = {}
+    webhook_secret = os.environ.get(ENV_WEBHOOK_SECRET) or None
+    webhook_tolerance = float(os.environ.get(ENV_WEBHOOK_TOLERANCE, "300"))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +114,28 @@ def create_app(
             return JSONResponse({"detail": str(exc)}, status_code=503)
         return JSONResponse(answer)
 
+    @app.post(WEBHOOK_PATH)
+    async def mlflow_webhook(request: Request) -> JSONResponse:
+        """MLflow's registry webhook: a signed "something moved" that makes the follower check now.
+        It carries no trust: the follower re-reads the alias and runs the same lineage check as a poll."""
+        if webhook_secret is None:
+            return JSONResponse({"detail": f"webhooks are off: {ENV_WEBHOOK_SECRET} is not set"}, status_code=404)
+        body = await request.body()
+        try:
+            verify_webhook(webhook_secret, request.headers, body, tolerance_seconds=webhook_tolerance)
+        except WebhookRejected as exc:
+            log.warning("webhook refused (401): %s", exc)
+            return JSONResponse({"detail": f"bad signature: {exc}"}, status_code=401)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return JSONResponse({"detail": "signed, but not JSON"}, status_code=422)
+        follower = state.get("follower")
+        if follower is None or not webhook_concerns(payload, config.name):
+            return JSONResponse({"status": "ignored"})
+        follower.wake()
+        return JSONResponse({"status": "checking"}, status_code=202)
+
     @app.get("/health")
     async def health() -> JSONResponse:
         served = holder.current
@@ -117,6 +151,7 @@ def create_app(
         body["features"] = [{"name": f.name, "kind": f.kind} for f in config.features]
         body["task"] = config.task
         body["follower"] = follower.describe() if follower else None
+        body["webhook"] = {"registered": os.environ.get(ENV_WEBHOOK_ID) or None, "secret_set": webhook_secret is not None}
         return JSONResponse(body, status_code=200 if served else 503)
 
     return app
@@ -139,18 +174,97 @@ def _safe_url(url: str) -> str:
 
 
 def run(model: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, poll_seconds: float = 2.0,
-        flush_seconds: float = 0.2, log_level: str = "info") -> int:
+        flush_seconds: float = 0.2, log_level: str = "info", webhook_poll_seconds: float = 30.0,
+        webhook_url: str | None = None) -> int:
     import uvicorn
 
     from ml.config import load_config
     from ml.settings import get_settings
 
+    _log_to_stderr()
     load_config(get_settings().models_dir / f"{model}.yaml")  # a bad name or file fails here, once
+    # Registered once here, not per worker: MLflow calls one URL, and the worker that answers it
+    # checks at once; the others follow at their next poll.
+    webhook_id = register_webhook(model, webhook_url or os.environ.get(ENV_WEBHOOK_URL)
+                                  or f"http://{_callable_host(host)}:{port}{WEBHOOK_PATH}")
+    if webhook_id is not None:
+        # Polling stays on as the fallback (a delivery lost, MLflow restarted without its encryption
+        # key, a worker the webhook did not reach), but need not be frequent.
+        poll_seconds = max(poll_seconds, webhook_poll_seconds)
+        os.environ[ENV_WEBHOOK_ID] = webhook_id
     os.environ[ENV_MODEL] = model
     os.environ[ENV_POLL] = str(poll_seconds)
     os.environ[ENV_FLUSH] = str(flush_seconds)
     # uvicorn handles SIGTERM / SIGINT: it stops accepting, lets running requests finish (up to the
     # graceful timeout), then runs the lifespan's shutdown, which flushes the writer.
-    uvicorn.run("driftline.serve:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, timeout_graceful_shutdown=30)
+    if webhook_id is None:
+        uvicorn.run("driftline.serve:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level, timeout_graceful_shutdown=30)
+        return 0
+    # After a graceful stop uvicorn re-raises the signal to the handler that was there before it:
+    # make that one unwind to here, so the webhook is deleted, then die of the signal as before.
+    import signal
+
+    stopped: list[int] = []
+
+    def _unwind(sig: int, _frame: Any) -> None:
+        stopped.append(sig)
+        raise SystemExit(0)
+
+    previous = {sig: signal.signal(sig, _unwind) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        uvicorn.run("driftline.serve:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level, timeout_graceful_shutdown=30)
+    except SystemExit:
+        if not stopped:
+            raise
+    finally:
+        unregister_webhook(webhook_id)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for sig in stopped[:1]:
+        signal.raise_signal(sig)
     return 0
+
+
+def _callable_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def register_webhook(model: str, url: str) -> str | None:
+    """The webhook's id, or None (polling only) when no secret is set or the tracking server cannot
+    call us; says which in the log. Only a tracking *server* fires webhooks (a local database does
+    not: nothing runs to send them), and MLflow's own rules apply (SQL-backed store; https and public
+    addresses only unless its server sets ``MLFLOW_WEBHOOK_ALLOWED_SCHEMES`` /
+    ``MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS``)."""
+    from ml import tracking
+    from ml.serving import ensure_webhook
+    from ml.settings import get_settings
+
+    secret = os.environ.get(ENV_WEBHOOK_SECRET)
+    if not secret:
+        log.info("webhooks off (%s not set): following %s@champion by polling", ENV_WEBHOOK_SECRET, model)
+        return None
+    settings = get_settings()
+    if not settings.registry_uri.startswith(("http://", "https://")):
+        log.warning("webhooks off: the registry is %s, not a tracking server (only a server sends webhooks); "
+                    "polling", _safe_url(settings.registry_uri) if "://" in settings.registry_uri else "local")
+        return None
+    try:
+        webhook_id = ensure_webhook(tracking.client(settings), model, url, secret)
+    except Exception as exc:  # noqa: BLE001 (any refusal: polling still follows the alias)
+        log.warning("webhooks off: MLflow refused to register %s (%s: %s); polling", url, type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "")
+        return None
+    log.info("MLflow webhook %s registered: alias moves post to %s", webhook_id, url)
+    return webhook_id
+
+
+def unregister_webhook(webhook_id: str) -> None:
+    """At a clean stop: MLflow would otherwise keep calling (and retrying) a URL nobody answers."""
+    from ml import tracking
+
+    try:
+        tracking.client().delete_webhook(webhook_id)
+    except Exception as exc:  # noqa: BLE001 (best effort: the next start re-uses it by name)
+        log.warning("could not delete MLflow webhook %s: %s", webhook_id, exc)

@@ -249,7 +249,10 @@ class AliasFollower:
         self.last_error: str | None = None
         self.refused: dict[int, str] = {}  # version -> why (the newest refusal)
         self._retry: dict[int, tuple[float, float]] = {}  # version -> (monotonic time of the next try, delay)
+        self.wakes = 0  # checks asked for by a verified webhook (they run on this thread, at once)
+        self.last_wake_at: datetime | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
@@ -321,12 +324,25 @@ class AliasFollower:
         self._thread = threading.Thread(target=self._run, name=f"follow-{self.alias}", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Check now instead of at the next poll (a verified webhook said the registry changed). Only
+        the check is hurried: what is loaded is decided by the same reads and lineage check as a poll.
+        Wakes that arrive while a check runs are folded into one more check."""
+        self.wakes += 1
+        self.last_wake_at = datetime.now(UTC)
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+        while True:
+            self._wake.wait(self.poll_seconds)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             self.check_once()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -336,7 +352,112 @@ class AliasFollower:
             "last_checked_at": self.last_checked_at.isoformat() if self.last_checked_at else None,
             "last_error": self.last_error,
             "refused": [{"version": v, "reason": r} for v, r in self.refused.items()],
+            "webhook_wakes": self.wakes,
+            "last_webhook_at": self.last_wake_at.isoformat() if self.last_wake_at else None,
         }
+
+
+# ---- MLflow registry webhooks: a hurry-up for the follower, never a source of truth -----------------
+
+# What MLflow (>= 3.3, SQL-backed store, calls made through its server) sends; see
+# mlflow/webhooks/delivery.py: HMAC-SHA256 over "<delivery id>.<unix timestamp>.<body>", base64, "v1,".
+WEBHOOK_SIGNATURE_HEADER = "X-MLflow-Signature"
+WEBHOOK_TIMESTAMP_HEADER = "X-MLflow-Timestamp"
+WEBHOOK_DELIVERY_HEADER = "X-MLflow-Delivery-Id"
+# The alias move itself, and the verdict tag a promotion writes just after it (the follower refuses a
+# version whose tag does not yet read "promoted", so the move alone can arrive too early).
+WEBHOOK_EVENTS = ("model_version_alias.created", "model_version_tag.set")
+
+
+class WebhookRejected(ValueError):
+    """A webhook delivery that is not provably MLflow's (answered 401)."""
+
+
+def verify_webhook(secret: str, headers: Any, body: bytes, *, tolerance_seconds: float,
+                   now: float | None = None) -> None:
+    """Raise :class:`WebhookRejected` unless ``body`` carries a valid MLflow signature made with
+    ``secret`` and its timestamp is within ``tolerance_seconds`` of ``now`` (an old delivery replayed
+    later is refused). ``headers``: any case-insensitive mapping. The compare is constant-time."""
+    import base64
+    import hashlib
+    import hmac
+
+    delivery = headers.get(WEBHOOK_DELIVERY_HEADER)
+    stamp = headers.get(WEBHOOK_TIMESTAMP_HEADER)
+    signature = headers.get(WEBHOOK_SIGNATURE_HEADER)
+    if not delivery or not stamp or not signature:
+        raise WebhookRejected("missing signature, timestamp or delivery id header")
+    try:
+        sent = int(stamp)
+    except ValueError:
+        raise WebhookRejected(f"timestamp {stamp[:20]!r} is not a unix time") from None
+    now = time.time() if now is None else now
+    if abs(now - sent) > tolerance_seconds:
+        age = f"{now - sent:.0f} s old" if now >= sent else f"{sent - now:.0f} s in the future"
+        raise WebhookRejected(f"timestamp {sent} is {age} (tolerance {tolerance_seconds:g} s)")
+    expected = base64.b64encode(
+        hmac.new(secret.encode(), f"{delivery}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    )
+    # Standard Webhooks allows several space-separated "v1,<sig>" entries (secret rotation).
+    for entry in signature.split():
+        version, _, value = entry.partition(",")
+        if version == "v1" and hmac.compare_digest(value.encode(), expected):
+            return
+    raise WebhookRejected("signature does not match")
+
+
+def webhook_concerns(payload: Any, model: str, alias: str = CHAMPION) -> bool:
+    """True if a verified delivery is about ``model``'s ``alias`` moving, or its verdict tag being set;
+    the webhook is registry-wide, so most deliveries are about other models. Nothing in the payload is
+    used beyond this: the follower re-reads the alias itself."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+        return False
+    data, event = payload["data"], f"{payload.get('entity')}.{payload.get('action')}"
+    if data.get("name") != model:
+        return False
+    if event == "model_version_alias.created":
+        return data.get("alias") == alias
+    if event == "model_version_tag.set":
+        from ml.registry import TAG
+
+        return data.get("key") == f"{TAG}verdict"
+    return False
+
+
+def webhook_name(model: str, url: str) -> str:
+    """One name per model and URL (MLflow: < 63 characters of letters, digits, ``.``, ``_``, ``-``)."""
+    import hashlib
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", model)[:36].strip("._-") or "model"
+    return f"driftline-serve-{safe}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
+def ensure_webhook(client: Any, model: str, url: str, secret: str) -> str:
+    """Register (or update: same name = same model and URL) an MLflow webhook that posts the events
+    :data:`WEBHOOK_EVENTS` to ``url``, signed with ``secret``. Returns its id. Raises whatever MLflow
+    raises where webhooks cannot work (a file store, a URL its server refuses: by default MLflow only
+    calls https URLs on public addresses)."""
+    name = webhook_name(model, url)
+    token = None
+    while True:
+        page = client.list_webhooks(max_results=100, page_token=token)
+        for hook in page:
+            if hook.name == name:
+                client.update_webhook(hook.webhook_id, url=url, events=list(WEBHOOK_EVENTS), secret=secret,
+                                      status="ACTIVE", description=_webhook_description(model))
+                return hook.webhook_id
+        token = page.token
+        if not token:
+            break
+    hook = client.create_webhook(name=name, url=url, events=list(WEBHOOK_EVENTS), secret=secret,
+                                 description=_webhook_description(model))
+    return hook.webhook_id
+
+
+def _webhook_description(model: str) -> str:
+    return (f"driftline serve {model}: a champion move or verdict tag makes the service re-read the alias at "
+            "once (it also polls)")
 
 
 # ---- writing what was served ----------------------------------------------------------------------

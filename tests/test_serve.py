@@ -577,3 +577,123 @@ def test_a_spool_left_by_a_crash_is_written_and_what_cannot_be_is_set_aside(home
     assert sorted(by_why) == ["JSON", "ValueError"], rejected
     assert by_why["JSON"] == lines[3] and json.loads(by_why["ValueError"])[0]["row_id"] == "k2"
     assert not [p for p in folder.glob(f"{config.name}.*.jsonl") if "rejected" not in p.name and p.stat().st_size]
+
+
+# ---- MLflow registry webhooks ---------------------------------------------------------------------
+
+
+def _sign(secret: str, body: bytes, stamp: int | None = None, delivery: str = "d-1") -> dict[str, str]:
+    """Headers as MLflow's own delivery code makes them (its signing function, not a copy of it)."""
+    from mlflow.webhooks.delivery import _generate_hmac_signature
+
+    stamp = int(time.time()) if stamp is None else stamp
+    return {"X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": str(stamp), "content-type": "application/json",
+            "X-MLflow-Signature": _generate_hmac_signature(secret, delivery, str(stamp), body.decode())}
+
+
+def test_webhook_signature_is_mlflows_and_anything_else_is_refused():
+    from ml.serving import WebhookRejected, verify_webhook
+
+    body = json.dumps({"entity": "model_version_alias", "action": "created",
+                       "data": {"name": "m", "alias": "champion", "version": "2"}}).encode()
+    now = time.time()
+    verify_webhook("s3cret", _sign("s3cret", body), body, tolerance_seconds=300, now=now)
+    for headers, payload, why in [
+        (_sign("other", body), body, "does not match"),
+        (_sign("s3cret", body), body.replace(b'"2"', b'"3"'), "does not match"),  # body changed after signing
+        (_sign("s3cret", body, stamp=int(now) - 301), body, "tolerance"),  # replayed later
+        ({k: v for k, v in _sign("s3cret", body).items() if k != "X-MLflow-Signature"}, body, "missing"),
+        (_sign("s3cret", body) | {"X-MLflow-Timestamp": "soon"}, body, "not a unix time"),
+    ]:
+        with pytest.raises(WebhookRejected, match=why):
+            verify_webhook("s3cret", headers, payload, tolerance_seconds=300, now=now)
+
+
+@pytest.fixture
+def mlflow_server(home, monkeypatch, tmp_path):
+    """``mlflow server`` over SQLite (the stack's own command line) that may call loopback URLs, its
+    webhook list re-read every second (default 60 s: a webhook registered after an event of its kind
+    would otherwise wait a minute). The test process and the servers it starts talk to it over HTTP."""
+    from cryptography.fernet import Fernet
+
+    from driftline.stack import MLFLOW_SERVER_ENV, free_port, mlflow_server_command
+
+    port = free_port()
+    settings = get_settings()
+    env = {**os.environ, **MLFLOW_SERVER_ENV, "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+           "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+           "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log_path = tmp_path / "mlflow.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(mlflow_server_command(settings, port), env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.3)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.integration
+def test_webhook_moves_the_service_at_once_and_a_forged_one_gets_401(mlflow_server, config, servers):
+    world = _world(config)  # registered and promoted through the MLflow server
+    secret = "whsec-test-0123456789"
+    # Polling every 10 minutes: only the webhook can bring v2 within the test.
+    server = servers(env={"DRIFTLINE_SERVE_WEBHOOK_SECRET": secret},
+                     args=["--poll-seconds", "600", "--webhook-poll-seconds", "600"])
+    assert server.wait_ready()["version"] == 1
+    described = server.client.get("/model").json()
+    webhook_id = described["webhook"]["registered"]
+    assert webhook_id and described["follower"]["poll_seconds"] == 600, (described, server.log())
+    [hook] = [h for h in world.registry.client.list_webhooks() if h.webhook_id == webhook_id]
+    assert hook.url == f"{server.url}/webhooks/mlflow"
+    assert sorted(str(e) for e in hook.events) == ["model_version_alias.created", "model_version_tag.set"]
+
+    # Forged or stale deliveries: 401, and nothing is checked.
+    body = json.dumps({"entity": "model_version_alias", "action": "created",
+                       "data": {"name": config.name, "alias": CHAMPION, "version": "3"}}).encode()
+    for headers in (_sign("not-the-secret", body), _sign(secret, body, stamp=int(time.time()) - 3600),
+                    {"content-type": "application/json"}):
+        answer = server.client.post("/webhooks/mlflow", content=body, headers=headers)
+        assert answer.status_code == 401, answer.text
+    # Signed with the right secret but naming v3: it only makes the service re-read the alias (still v1).
+    answer = server.client.post("/webhooks/mlflow", content=body, headers=_sign(secret, body))
+    assert answer.status_code == 202 and answer.json()["status"] == "checking"
+    time.sleep(1.0)
+    described = server.client.get("/model").json()
+    assert described["version"] == 1 and described["follower"]["webhook_wakes"] == 1, described
+
+    moved_at = time.monotonic()
+    _promote(world.registry, 2)  # through the MLflow server: it posts alias.created, then the verdict tag
+    promoted_in = time.monotonic() - moved_at
+    deadline = moved_at + 20
+    while True:
+        answer = server.client.post("/predict", json={"rows": [_row(world, f"after-{time.monotonic()}")]})
+        assert answer.status_code == 200, answer.text
+        if answer.json()["version"] == 2:
+            break
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    seconds = time.monotonic() - moved_at
+    print(f"\npromote() began -> first answer by v2 after {seconds:.2f} s (promote() itself took "
+          f"{promoted_in:.2f} s; poll 600 s)")
+    assert server.client.get("/model").json()["follower"]["webhook_wakes"] >= 2
+    assert "webhook refused (401)" in server.log()
+
+    assert server.stop() == 0
+    assert webhook_id not in [h.webhook_id for h in world.registry.client.list_webhooks()]
