@@ -384,6 +384,13 @@ class TriggerPolicy(_Strict):
     # the holdout when it was promoted; or "served", its metric over its first windows.current of
     # served rows once rollback.min_labelled_rows of them are labelled (the evaluation until then).
     drop_reference: Literal["evaluation", "served"] = "evaluation"
+    # Label-free rule (CBPE, ml/estimation.py): retrain when the champion's metric *estimated* from
+    # its calibrated scores on the current rows (no labels needed) is this fraction worse than the
+    # level max_relative_drop compares with (drop_reference). Binary classification only. None: off.
+    estimated_drop: float | None = Field(default=None, gt=0, lt=1)
+    # Fewer labelled rows the champion did not train on than this and its scores are not calibrated
+    # (isotonic regression on a handful of rows is noise): no estimate, and the rule says it did not run.
+    min_calibration_rows: int = Field(default=100, ge=2)
     max_model_age: Duration | None = None
     cooldown: Duration = timedelta(0)
     # After the gate rejected a candidate, hold automatic retrains back this long, and count the
@@ -577,6 +584,16 @@ class ModelConfig(_Strict):
             raise ValueError("target.labels: a classification model must list its label values")
         if self.task == "classification" and METRICS[metric][1] and len(self.target.labels or []) != 2:
             raise ValueError(f"promotion.metric: '{metric}' needs exactly two target.labels")
+        if self.triggers.estimated_drop is not None:
+            # CBPE reads a classifier's probabilities; a regression model has none to calibrate.
+            if self.task != "classification":
+                raise ValueError(
+                    "triggers.estimated_drop: the label-free estimate (CBPE) calibrates a classifier's "
+                    f"probabilities; a {self.task} model has none (use max_relative_drop on labelled rows)"
+                )
+            if len(self.target.labels or []) != 2:
+                raise ValueError("triggers.estimated_drop: the label-free estimate (CBPE) needs a binary "
+                                 f"classifier (exactly two target.labels), got {len(self.target.labels or [])}")
         try:
             cls = self.estimator.load_class()
         except ValueError as exc:

@@ -383,6 +383,7 @@ def check_drift(ctx: Context, run: RunInfo, windows: dict[str, Any], *, keep_rep
         except ValueError as exc:  # e.g. one class only in a small batch: no live metric this time
             log.info("live metric not computed: %s", exc)
     baseline, baseline_rows = _served_baseline(ctx, champion, as_of)
+    estimate = estimate_performance(ctx, champion, as_of, current)
     performance = {
         "metric": config.promotion.metric,
         "live": live,
@@ -391,10 +392,15 @@ def check_drift(ctx: Context, run: RunInfo, windows: dict[str, Any], *, keep_rep
         "champion": champion.version if champion else None,
         "served_baseline": baseline,
         "served_baseline_rows": baseline_rows,
+        "estimated": estimate.value,
+        "estimated_rows": estimate.rows,
+        "calibration_rows": estimate.calibration_rows,
+        "estimate_note": estimate.note,
     }
     check_links = ctx.tracker.log_check(run.run_id, as_of, drift, performance)
-    log.info("drift check as of %s: %s; live %s=%s on %s rows", as_of.isoformat(), drift.summary(),
-             performance["metric"], _fmt(live), performance["rows"])
+    log.info("drift check as of %s: %s; live %s=%s on %s rows; estimated %s", as_of.isoformat(), drift.summary(),
+             performance["metric"], _fmt(live), performance["rows"],
+             _fmt(estimate.value) if estimate.value is not None else f"n/a ({estimate.note})")
     return {
         "as_of": as_of.isoformat(),
         "drift": drift.to_dict(),
@@ -406,6 +412,50 @@ def check_drift(ctx: Context, run: RunInfo, windows: dict[str, Any], *, keep_rep
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def estimate_performance(ctx: Context, champion: ChampionInfo | None, as_of: datetime,
+                         current: pd.DataFrame) -> Any:
+    """The champion's metric on the current rows estimated without their labels (CBPE,
+    :mod:`ml.estimation`): an :class:`ml.estimation.Estimate`, with a note when there is none.
+
+    Calibration rows: labelled rows newer than the champion's training data (it never fit them),
+    before the current window (those are the rows being estimated), labels known by ``as_of``, at most
+    ``windows.training`` of them. Right after a promotion that is the gate's holdout (the newest rows
+    before the candidate's training cut); later, the rows it served whose labels came in. Both the
+    DAG and the replay have exactly these rows in the store, and they follow a refit champion too
+    (its training data then covers the holdout, and only served rows calibrate it). The gate's holdout
+    alone would be too few rows (e.g. 2 days) and stays fixed while the served rows show how the
+    champion's scores read now. Every row is scored here by the champion itself (a stored score may
+    be its predecessor's, and the holdout was never served)."""
+    from ml.estimation import Estimate, cannot_estimate, estimate
+
+    cfg = ctx.config
+    metric = cfg.promotion.metric
+    if cfg.task != "classification" or len(cfg.target.labels or []) != 2:
+        return Estimate(metric, None, note="the label-free estimate (CBPE) needs a binary classifier's probabilities")
+    if champion is None:
+        return Estimate(metric, None, note="no champion to estimate")
+    if champion.data_end is None:
+        return Estimate(metric, None, note=f"v{champion.version}'s training window is unknown (no data_end tag)")
+    end = as_of - cfg.windows.current
+    start = max(champion.data_end, end - cfg.windows.training)
+    calibration = ctx.store.load(cfg.name, cfg.feature_names, ts_after=start, ts_until=end,
+                                 labelled_until=as_of, labelled_only=True) if start < end else None
+    need = cfg.triggers.min_calibration_rows
+    refused = cannot_estimate(metric, 0 if calibration is None else len(calibration), len(current), need)
+    if refused is not None:  # said without loading the model (no calibration rows is among these)
+        return refused
+    calibration = validate_window(calibration, cfg, window="calibration", require_labels=True)
+    model = ctx.registry.load_model(champion.version)
+    _, calibration_scores = predict(cfg, model, calibration)
+    predictions, scores = predict(cfg, model, current)
+    if scores is None or calibration_scores is None:
+        return Estimate(metric, None, len(current), len(calibration),
+                        f"v{champion.version} gives no probability for {cfg.positive_label!r} (no predict_proba)")
+    return estimate(metric, calibration_labels=calibration["label"].to_numpy(), calibration_scores=calibration_scores,
+                    current_predictions=predictions, current_scores=scores, pos_label=cfg.positive_label,
+                    min_calibration_rows=need)
 
 
 def _served_baseline(ctx: Context, champion: ChampionInfo | None, as_of: datetime) -> tuple[float | None, int]:
@@ -475,6 +525,9 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
         drift_onset=onset,
         labels_after_onset=labels_after_onset,
         min_train_rows=cfg.training.min_rows,
+        estimated_metric=perf.get("estimated"),
+        calibration_rows=perf.get("calibration_rows", 0),
+        estimate_note=perf.get("estimate_note"),
     )
 
 
@@ -780,6 +833,8 @@ def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None
         "drift_share": drift.get("drift_share"),
         "live_metric": performance.get("live"),
         "live_rows": performance.get("rows", 0),
+        "estimated_metric": performance.get("estimated"),  # label-free (CBPE) on the current rows
+        "calibration_rows": performance.get("calibration_rows", 0),
         "checked_champion": performance.get("champion"),  # the champion the drift check judged (None: none)
         "metric": config.promotion.metric,
         "trigger": (decision or {}).get("kind", "none"),

@@ -568,6 +568,7 @@ class Step:
     held_back: list[str] = field(default_factory=list)
     candidate: int | None = None
     verdict: str | None = None  # the gate's, when a candidate was evaluated
+    estimated_metric: float | None = None  # the champion's label-free estimate (CBPE) on the batch
 
 
 class Driftline(Strategy):
@@ -677,6 +678,7 @@ class Driftline(Strategy):
             held_back=list(decision.get("held_back", [])),
             candidate=(trace.get("candidate") or {}).get("version"),
             verdict=(trace.get("evaluation") or {}).get("verdict"),
+            estimated_metric=performance.get("estimated"),
         )
 
 
@@ -845,7 +847,8 @@ def frontier_text(result: ReplayResult) -> str:
 
 # ---- the per-step decision log ------------------------------------------------------------------
 
-DECISION_COLUMNS = ("variant", "batch", "as_of", "drift_share", "live_metric", "live_rows", "trigger", "reasons",
+DECISION_COLUMNS = ("variant", "batch", "as_of", "drift_share", "live_metric", "live_rows", "estimated_metric",
+                    "trigger", "reasons",
                     "held_back", "candidate", "verdict", "action", "champion", "guard", "summary")
 
 

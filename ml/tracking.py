@@ -98,6 +98,11 @@ class MlflowTracker:
             metrics.update({f"drift_score.{f.name}": f.score for f in drift.features})
             if performance["live"] is not None:
                 metrics[f"live_{performance['metric']}"] = performance["live"]
+            if performance.get("estimated") is not None:  # label-free (CBPE), see ml/estimation.py
+                metrics[f"estimated_{performance['metric']}"] = performance["estimated"]
+                metrics["calibration_rows"] = performance["calibration_rows"]
+            elif performance.get("estimate_note"):
+                mlflow.set_tag("driftline.estimate_note", str(performance["estimate_note"])[:4900])
             mlflow.log_metrics(metrics)
             mlflow.log_dict(drift.to_dict(), "drift/drift.json")
             if drift.report_path:

@@ -1,7 +1,7 @@
 """Whether and why to retrain: a pure function from the facts of one run to a :class:`Decision`.
 
 Kinds, highest priority first: ``manual`` (a person asked), ``threshold`` (drift share, prediction
-drift, metric floor or relative drop crossed), ``event`` (new labelled data announced), ``time``
+drift, metric floor, relative drop or label-free estimated drop crossed), ``event`` (new labelled data announced), ``time``
 (the champion's data is older than ``max_model_age``, or there is no champion), ``none``.
 Cooldown, rejection-backoff and minimum-new-labels rules hold back the automatic kinds; a manual
 request is not held back (``force`` goes further and promotes past the gate: see the evaluation step).
@@ -66,6 +66,11 @@ class TriggerInputs:
     drift_onset: datetime | None = None
     labels_after_onset: int = 0
     min_train_rows: int = 1  # training.min_rows: a drift retrain waits for this many rows after the onset
+    # The champion's metric estimated without labels on the current rows (CBPE, ml/estimation.py),
+    # the labelled rows its scores were calibrated on, and why there is no estimate when there is none.
+    estimated_metric: float | None = None
+    calibration_rows: int = 0
+    estimate_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,16 @@ def _live_metric_usable(policy: TriggerPolicy, facts: TriggerInputs) -> bool:
     return facts.live_metric is not None and facts.live_rows >= policy.min_live_rows
 
 
+def _estimate_usable(policy: TriggerPolicy, facts: TriggerInputs) -> bool:
+    """The estimated-drop rule judges an estimate only from enough calibration rows."""
+    return facts.estimated_metric is not None and facts.calibration_rows >= policy.min_calibration_rows
+
+
+def _relative_drop(value: float, reference: float, greater_is_better: bool) -> float:
+    """How much worse ``value`` is than ``reference``, as a fraction of it (> 0: worse)."""
+    return (reference - value) / abs(reference) if greater_is_better else (value - reference) / abs(reference)
+
+
 def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]:
     reasons: list[str] = []
     if policy.drift_share is not None and facts.drift_share is not None and facts.drift_share >= policy.drift_share:
@@ -148,12 +163,21 @@ def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]
             )
         ref = facts.reference_metric
         if policy.max_relative_drop is not None and ref:
-            drop = (ref - live) / abs(ref) if better else (live - ref) / abs(ref)
+            drop = _relative_drop(live, ref, better)
             if drop >= policy.max_relative_drop:
                 reasons.append(
                     f"live {facts.metric} {live:.3f} is {drop:.1%} worse than {facts.reference_label} ({ref:.3f}), "
                     f">= {policy.max_relative_drop:.0%} allowed (n={facts.live_rows})"
                 )
+    ref = facts.reference_metric
+    if policy.estimated_drop is not None and ref and _estimate_usable(policy, facts):
+        estimated = facts.estimated_metric
+        drop = _relative_drop(estimated, ref, facts.greater_is_better)  # type: ignore[arg-type]
+        if drop >= policy.estimated_drop:
+            reasons.append(
+                f"estimated {facts.metric} {estimated:.3f} (label-free, calibrated on {facts.calibration_rows} rows) "
+                f"is {drop:.1%} worse than {facts.reference_label} ({ref:.3f}), >= {policy.estimated_drop:.0%} allowed"
+            )
     return reasons
 
 
@@ -172,6 +196,14 @@ def rules_not_run(policy: TriggerPolicy, facts: TriggerInputs) -> tuple[str, ...
         out.append(f"{' and '.join(live_rules)}: not run, {why}")
     elif policy.max_relative_drop is not None and not facts.reference_metric:
         out.append("max_relative_drop: not run, no reference level for the champion yet")
+    if policy.estimated_drop is not None:
+        if facts.calibration_rows < policy.min_calibration_rows:
+            out.append(f"estimated_drop: not run, {facts.calibration_rows} labelled rows the champion did not "
+                       f"train on to calibrate its scores < triggers.min_calibration_rows ({policy.min_calibration_rows})")
+        elif facts.estimated_metric is None:
+            out.append(f"estimated_drop: not run, {facts.estimate_note or 'no estimate was computed'}")
+        elif not facts.reference_metric:
+            out.append("estimated_drop: not run, no reference level for the champion yet")
     if policy.drift_share is not None and facts.drift_share is None:
         out.append("drift_share: not run, no drift share was computed")
     return tuple(out)
