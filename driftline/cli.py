@@ -1,7 +1,7 @@
 """``driftline``: the command line.
 
   driftline demo            play the scripted scenario through real DAG runs
-  driftline up              Airflow (standalone) + MLflow UI on the embedded state
+  driftline up              Airflow (standalone) + MLflow UI + a scoring service per model, embedded state
   driftline up --celery     the production stack: PostgreSQL, Redis, MLflow server, Airflow + Celery workers
   driftline init            migrate the Airflow DB, create the store tables
   driftline env             print the environment (eval "$(driftline env)")
@@ -337,13 +337,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    serve_port = None if args.no_serve else args.serve_port
     if args.celery:
         from driftline import production
 
-        return production.up(airflow_port=args.airflow_port, mlflow_port=args.mlflow_port, workers=args.workers)
+        return production.up(airflow_port=args.airflow_port, mlflow_port=args.mlflow_port, workers=args.workers,
+                             serve_port=serve_port)
     from driftline import stack
 
-    return stack.up(airflow_port=args.airflow_port, mlflow_port=args.mlflow_port)
+    return stack.up(airflow_port=args.airflow_port, mlflow_port=args.mlflow_port, serve_port=serve_port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,9 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("model")
     status.add_argument("--last", type=int, default=10, help="how many runs and rollbacks to show")
     status.set_defaults(func=_cmd_status)
-    up = sub.add_parser("up", help="Airflow UI + MLflow UI on the embedded state (Ctrl-C stops both)")
+    up = sub.add_parser("up", help="Airflow UI + MLflow UI + a scoring service per model on the embedded state "
+                                   "(Ctrl-C stops them all)")
     up.add_argument("--airflow-port", type=int, default=8080)
     up.add_argument("--mlflow-port", type=int, default=5000)
+    up.add_argument("--serve-port", type=int, default=8000,
+                    help="the first model's scoring service (driftline serve); the next models take the ports "
+                         "after it [8000]")
+    up.add_argument("--no-serve", action="store_true", help="start no scoring service")
     up.add_argument("--celery", action="store_true",
                     help="the production stack: PostgreSQL (DRIFTLINE_PG_URL), Redis (DRIFTLINE_REDIS_URL), MLflow "
                          "server, Airflow api-server, scheduler, dag-processor, triggerer and Celery workers")

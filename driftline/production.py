@@ -4,7 +4,8 @@ PostgreSQL holds three databases (Airflow metadata, MLflow backend store, Driftl
 Redis is the Celery broker and carries new-labels messages; an ``mlflow server`` serves the registry
 and the artifacts over HTTP; Airflow runs one process per component: ``api-server``, ``scheduler``,
 ``dag-processor``, ``triggerer`` and N ``celery worker`` processes (CeleryExecutor, results in
-PostgreSQL). Tasks reach MLflow over HTTP only. Every process is its own process group, its output in
+PostgreSQL), and a ``driftline serve`` per model on the same store and registry. Tasks reach MLflow
+over HTTP only. Every process is its own process group, its output in
 ``$DRIFTLINE_HOME/production/logs/<name>.log``; :meth:`ProductionStack.stop` ends them all, also the
 task processes a worker started.
 
@@ -27,7 +28,9 @@ from pathlib import Path
 
 from driftline import env
 from driftline.stack import (
+    DEFAULT_SERVE_PORT,
     MLFLOW_SERVER_ENV,
+    Scoring,
     free_port,
     login_lines,
     port_free,
@@ -145,7 +148,7 @@ class ProductionStack:
     def __init__(self, airflow_port: int = 8080, mlflow_port: int = 5000, *, workers: int = 2,
                  concurrency: int = 2, pg: str | None = None, redis: str | None = None,
                  db_prefix: str | None = None, queue: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, serve_port: int | None = DEFAULT_SERVE_PORT) -> None:
         if workers < 1:
             raise ValueError(f"workers: need at least 1 Celery worker, got {workers}")
         self.airflow_port, self.mlflow_port = airflow_port, mlflow_port
@@ -158,6 +161,7 @@ class ProductionStack:
         # Its own Celery queue: stacks sharing one Redis never take each other's tasks.
         self.queue = queue or prefix
         self.extra_env = dict(extra_env or {})
+        self.scoring = Scoring(serve_port)
         self.procs: list[subprocess.Popen] = []
         self.named: dict[str, subprocess.Popen] = {}
         self.logs: Path | None = None
@@ -182,7 +186,7 @@ class ProductionStack:
         for port, what in ((self.airflow_port, "Airflow"), (self.mlflow_port, "MLflow")):
             if not port_free(port):
                 return f"port {port} ({what}) is in use"
-        return None
+        return self.scoring.check_ports()
 
     def _environment(self, home: Path) -> dict[str, str]:
         from ml.settings import get_settings
@@ -274,6 +278,9 @@ class ProductionStack:
             self._spawn(component, [env.airflow_bin(), component])
         for index in range(1, self.n_workers + 1):
             self.start_worker(f"worker{index}")
+        # Same store and registry as the tasks (MLflow over HTTP, logged in): a promotion on a worker
+        # reaches live traffic within a poll.
+        self.scoring.start(self._spawn)
 
     def _spawn(self, name: str, command: list[str], extra: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)
@@ -320,7 +327,8 @@ class ProductionStack:
         return {part: (data.get(part) or {}).get("status", "unknown") for part in HEALTH}
 
     def wait_ready(self, timeout: float = 420) -> bool:
-        """MLflow answers, every Airflow component reports healthy, every worker is ready."""
+        """MLflow answers, every Airflow component reports healthy, every worker is ready, every
+        scoring service answers."""
         deadline = time.monotonic() + timeout
         if not wait_http(f"{self.mlflow_url}/health", timeout, self.procs):
             return False
@@ -333,7 +341,8 @@ class ProductionStack:
                 healthy = all(state == "healthy" for state in self.health().values())
             except OSError:
                 healthy = False
-            if healthy and all(self.worker_ready(name) for name in self.workers):
+            if (healthy and all(self.worker_ready(name) for name in self.workers)
+                    and set(self.scoring.up()) == set(self.scoring.models)):
                 return True
             time.sleep(2)
         return False
@@ -368,19 +377,22 @@ def mlflow_command(port: int, backend: str, artifacts: Path) -> list[str]:
     return mlflow_server_command(get_settings(), port, backend_store_uri=backend, artifacts=artifacts, basic_auth=True)
 
 
-def up(airflow_port: int = 8080, mlflow_port: int = 5000, workers: int = 2) -> int:
+def up(airflow_port: int = 8080, mlflow_port: int = 5000, workers: int = 2,
+       serve_port: int | None = DEFAULT_SERVE_PORT) -> int:
     """Start the production stack and keep it up until Ctrl-C / SIGTERM."""
-    stack = ProductionStack(airflow_port, mlflow_port, workers=workers)
+    stack = ProductionStack(airflow_port, mlflow_port, workers=workers, serve_port=serve_port)
     return serve(
         stack, command="driftline up --celery", ready_timeout=600,
         preflight=lambda: service_problem(stack.pg, stack.redis),
         starting=f"Starting the production stack: PostgreSQL databases {', '.join(stack.databases.values())}, "
-                 f"MLflow server, Airflow with {workers} Celery worker(s) ...",
+                 f"MLflow server, Airflow with {workers} Celery worker(s), a scoring service per model ...",
         banner=lambda: [f"  Airflow UI : {stack.airflow_url}",
                         *login_lines(Path(stack.env["AIRFLOW_HOME"]), stack.new_password),
                         (f"  MLflow UI  : {stack.mlflow_url}   (login {env.MLFLOW_ADMIN}, password in "
                          f"{stack.mlflow_auth_dir / 'admin_password'})"),
-                        f"  Processes  : mlflow, {', '.join(COMPONENTS)}, {', '.join(stack.workers)}",
+                        *stack.scoring.banner(),
+                        f"  Processes  : mlflow, {', '.join(COMPONENTS)}, {', '.join(stack.workers)}"
+                        + "".join(f", serve-{model}" for model in stack.scoring.procs),
                         f"  Logs       : {stack.logs}",
                         f"  Env        : set -a; . {stack.logs.parent / 'production.env'}; set +a   (by hand)"],
         not_ready=lambda: f"see the logs in {stack.logs}",

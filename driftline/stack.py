@@ -1,5 +1,6 @@
 """``driftline up``: the Airflow UI (``airflow standalone``: api-server, scheduler, dag-processor,
-triggerer) and the MLflow UI (``mlflow server``) on the embedded state, until Ctrl-C."""
+triggerer), the MLflow UI (``mlflow server``) and one scoring service per model (``driftline serve``)
+on the embedded state, until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +57,7 @@ def wait_http(url: str, timeout: float, procs: list[subprocess.Popen] | None = N
 AIRFLOW_COMPONENTS = (("scheduler", "Airflow scheduler"), ("dag_processor", "Airflow dag-processor"),
                       ("triggerer", "Airflow triggerer"))
 # The order a person reads them in: the UIs first.
-_PROGRESS_ORDER = ["MLflow", "Airflow api-server", *(label for _, label in AIRFLOW_COMPONENTS)]
+_PROGRESS_ORDER = ["MLflow", "Airflow api-server", *(label for _, label in AIRFLOW_COMPONENTS)]  # then scoring
 
 
 def healthy_components(health: dict[str, Any]) -> set[str]:
@@ -65,7 +67,7 @@ def healthy_components(health: dict[str, Any]) -> set[str]:
 
 def progress_lines(seen: set[str], now_up: set[str], elapsed: float) -> list[str]:
     """A line for each component that came up since the last look, e.g. "  MLflow up (12 s)"."""
-    new = sorted(now_up - seen, key=lambda name: _PROGRESS_ORDER.index(name) if name in _PROGRESS_ORDER else 99)
+    new = sorted(now_up - seen, key=lambda name: (_PROGRESS_ORDER.index(name) if name in _PROGRESS_ORDER else 99, name))
     return [f"  {name} up ({elapsed:.0f} s)" for name in new]
 
 
@@ -110,6 +112,91 @@ def login_lines(airflow_home: Path, made: str | None) -> list[str]:
     return [f"  Login      : {env.AIRFLOW_ADMIN}, password in {path}"]
 
 
+# ---- the scoring services: one ``driftline serve`` process per model, shared by both stacks --------
+
+DEFAULT_SERVE_PORT = 8000  # the first model's; the next models take the ports after it (--serve-port)
+
+
+def model_names(models_dir: Path) -> list[str]:
+    """The models ``driftline up`` serves: one per ``<name>.yaml`` in the models folder, sorted."""
+    return sorted(path.stem for path in models_dir.glob("*.yaml"))
+
+
+def serve_health(url: str) -> dict[str, Any] | None:
+    """``/health`` of a scoring service: its JSON once it answers (200 with the served version, or 503
+    ``no_model`` while no champion is loaded: both mean the service is up), None before."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=3) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            return None
+        return body if exc.code == 503 and "status" in body else None
+    except (OSError, ValueError):  # refused, reset, timed out, not JSON yet: not up
+        return None
+
+
+class Scoring:
+    """``driftline serve MODEL`` for each model, each on its own loopback port (``port``, ``port`` + 1,
+    ...), each its own process group following its own champion alias: the same command a person
+    runs, so what ``make up`` serves is what ``driftline serve`` serves. ``port=None``: none started."""
+
+    def __init__(self, port: int | None = DEFAULT_SERVE_PORT, models: list[str] | None = None,
+                 poll_seconds: float = 2.0) -> None:
+        self.port = port
+        self._models = models
+        self.poll_seconds = poll_seconds
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def models(self) -> list[str]:
+        if self.port is None:
+            return []
+        if self._models is None:
+            from ml.settings import get_settings
+
+            self._models = model_names(get_settings().models_dir)
+        return self._models
+
+    def urls(self) -> dict[str, str]:
+        return {model: f"http://{LOOPBACK}:{self.port + i}" for i, model in enumerate(self.models)}
+
+    def label(self, model: str) -> str:
+        return f"Scoring {model}"
+
+    def check_ports(self) -> str | None:
+        for model, url in self.urls().items():
+            port = int(url.rsplit(":", 1)[1])
+            if not port_free(port):
+                return f"port {port} (scoring service for {model}; --serve-port) is in use"
+        return None
+
+    def start(self, spawn: Callable[[str, list[str]], subprocess.Popen]) -> None:
+        """``spawn(name, command)`` starts one process with the stack's environment and log folder."""
+        for model, url in self.urls().items():
+            command = [sys.executable, "-m", "driftline.cli", "serve", model, "--host", LOOPBACK,
+                       "--port", url.rsplit(":", 1)[1], "--poll-seconds", str(self.poll_seconds)]
+            self.procs[model] = spawn(f"serve-{model}", command)
+
+    def up(self) -> dict[str, dict[str, Any]]:
+        """model -> its ``/health`` answer, for the services that answer."""
+        answers = {model: serve_health(url) for model, url in self.urls().items()}
+        return {model: answer for model, answer in answers.items() if answer is not None}
+
+    def banner(self) -> list[str]:
+        """A line per model: its URL and what it serves now."""
+        answers = self.up()
+        lines = []
+        for i, (model, url) in enumerate(self.urls().items()):
+            version = (answers.get(model) or {}).get("version")
+            what = (f"v{version} = {model}@champion; follows the alias" if version is not None
+                    else "no champion yet: /predict answers 503 until one is promoted")
+            lines.append(f"  {'Scoring' if i == 0 else '':<11}: {url}  {model}, {what}")
+        return lines
+
+
 # MLflow 3.17's server starts a job runner (Huey consumers, ~6 processes) for its GenAI features by
 # default; Driftline uses none of them, and on 2 cores they slow everything else down.
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -129,8 +216,10 @@ def mlflow_server_command(settings, port: int, backend_store_uri: str | None = N
 class Stack:
     """Airflow (standalone) and the MLflow server as child process groups, logs under the state folder."""
 
-    def __init__(self, airflow_port: int = 8080, mlflow_port: int = 5000) -> None:
+    def __init__(self, airflow_port: int = 8080, mlflow_port: int = 5000,
+                 serve_port: int | None = DEFAULT_SERVE_PORT) -> None:
         self.airflow_port, self.mlflow_port = airflow_port, mlflow_port
+        self.scoring = Scoring(serve_port)
         self.airflow_url = f"http://127.0.0.1:{airflow_port}"
         self.mlflow_url = f"http://127.0.0.1:{mlflow_port}"
         self.procs: list[subprocess.Popen] = []
@@ -147,7 +236,7 @@ class Stack:
                            (log_port, "Airflow log server"), (trigger_log_port, "Airflow triggerer log server")):
             if not port_free(port):
                 return f"port {port} ({what}) is in use"
-        return None
+        return self.scoring.check_ports()
 
     def start(self) -> None:
         from ml.settings import get_settings
@@ -180,16 +269,22 @@ class Stack:
         }
         self.logs = settings.home / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        for name, command in (("mlflow", mlflow_server_command(settings, self.mlflow_port)),
-                              ("airflow", [env.airflow_bin(), "standalone"])):
+
+        def spawn(name: str, command: list[str]) -> subprocess.Popen:
             log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)
-            self.procs.append(subprocess.Popen(command, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True))
+            proc = subprocess.Popen(command, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            self.procs.append(proc)
+            return proc
+
+        spawn("mlflow", mlflow_server_command(settings, self.mlflow_port))
+        spawn("airflow", [env.airflow_bin(), "standalone"])
+        self.scoring.start(spawn)
 
     def wait_ready(self, timeout: float = 300, say: Callable[[str], None] = lambda line: print(line, flush=True),
                    settle: float = 60) -> bool:
-        """Ready once MLflow and Airflow's api-server answer (the UIs work). Says each component as it
-        comes up: minutes of silence look like a hang. Then waits up to ``settle`` s more for the
+        """Ready once MLflow, Airflow's api-server and each model's scoring service answer (the UIs and
+        the scoring URLs work). Says each component as it comes up: minutes of silence look like a hang. Then waits up to ``settle`` s more for the
         scheduler, dag-processor and triggerer to report healthy (a triggered run waits for them) and
         names any still missing; they do not fail the start."""
         started = self.started_at or time.monotonic()
@@ -205,10 +300,11 @@ class Stack:
             health = _get_json(f"{self.airflow_url}/api/v2/monitor/health")
             if health is not None:
                 now_up |= {"Airflow api-server", *healthy_components(health)}
+            now_up |= {self.scoring.label(model) for model in self.scoring.up()}
             for line in progress_lines(seen, now_up, time.monotonic() - started):
                 say(line)
             seen |= now_up
-            if {"MLflow", "Airflow api-server"} <= seen:
+            if {"MLflow", "Airflow api-server", *map(self.scoring.label, self.scoring.models)} <= seen:
                 api_since = api_since or time.monotonic()
                 missing = [label for _, label in AIRFLOW_COMPONENTS if label not in seen]
                 if not missing:
@@ -233,8 +329,8 @@ class Stack:
         stop(self.procs)
 
 
-def up(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
-    stack = Stack(airflow_port, mlflow_port)
+def up(airflow_port: int = 8080, mlflow_port: int = 5000, serve_port: int | None = DEFAULT_SERVE_PORT) -> int:
+    stack = Stack(airflow_port, mlflow_port, serve_port)
     from ml.settings import get_settings
 
     return serve(
@@ -243,8 +339,9 @@ def up(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
         banner=lambda: [f"  Airflow UI : {stack.airflow_url}",
                         *login_lines(stack.airflow_home, stack.new_password),
                         f"  MLflow UI  : {stack.mlflow_url}   (no login: loopback only)",
+                        *stack.scoring.banner(),
                         f"  State      : {get_settings().home}"],
-        not_ready=lambda: f"see {stack.logs}/mlflow.log and {stack.logs}/airflow.log",
+        not_ready=lambda: f"see the logs in {stack.logs}",
         died=lambda: "a component exited; stopping the rest",
     )
 
@@ -258,7 +355,8 @@ def serve(stack: Any, *, command: str, ready_timeout: float, starting: str, bann
     ports), ends it before anything starts (2). Shared by ``driftline up`` and ``driftline up --celery``."""
     taken = stack.check_ports()
     if taken:
-        print(f"{command}: {taken}; stop what holds it or choose another port (--airflow-port / --mlflow-port)",
+        print(f"{command}: {taken}; stop what holds it or choose another port (--airflow-port / --mlflow-port / "
+              "--serve-port)",
               file=sys.stderr)
         return 2
     problem = preflight()

@@ -95,7 +95,7 @@ def names_read_by_the_code() -> set[str]:
 def test_the_compose_file_is_the_celery_stack():
     assert set(SERVICES) == {
         "postgres", "redis", "mlflow", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-        "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
+        "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "serve",
     }
     env = env_of("airflow-worker")
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
@@ -274,11 +274,14 @@ def test_host_ports_do_not_collide_and_reach_the_listening_port():
     ports = _host_ports(RESOLVED["services"]) + _host_ports(interpolate(MLFLOW_PORT, ENV_EXAMPLE)["services"])
     hosts = [host for _, _, host, _ in ports]
     assert len(hosts) == len(set(hosts)), ports
+    serve = command_of("serve")
     listening = {"airflow-apiserver": str(_airflow_cfg_port()),
-                 "mlflow": next(a.split("=")[1] for a in command_of("mlflow") if a.startswith("--port="))}
+                 "mlflow": next(a.split("=")[1] for a in command_of("mlflow") if a.startswith("--port=")),
+                 "serve": serve[serve.index("--port") + 1]}
     assert {(name, container) for name, _, _, container in ports} == set(listening.items())
     # Overridable from .env, defaulting to the usual ports, on this machine's loopback only.
     assert [(n, b, h) for n, b, h, _ in ports] == [("airflow-apiserver", "127.0.0.1", "8080"),
+                                                   ("serve", "127.0.0.1", "8000"),
                                                    ("mlflow", "127.0.0.1", "5000")]
 
 
@@ -294,6 +297,8 @@ def test_every_long_running_service_has_the_right_healthcheck():
     assert "/api/v2/monitor/health" in healthcheck_of("airflow-apiserver")
     assert f"localhost:{_airflow_cfg_port()}/" in healthcheck_of("airflow-apiserver")
     assert "localhost:5000/health" in healthcheck_of("mlflow")
+    serve = command_of("serve")
+    assert f"serve_health('http://localhost:{serve[serve.index('--port') + 1]}')" in healthcheck_of("serve")
     for name, job in (("airflow-scheduler", "SchedulerJob"), ("airflow-dag-processor", "DagProcessorJob"),
                       ("airflow-triggerer", "TriggererJob")):
         assert healthcheck_of(name) == f'airflow jobs check --job-type {job} --hostname "${{HOSTNAME}}"'
@@ -327,6 +332,35 @@ def test_depends_on_conditions_can_be_met_and_start_in_order():
     assert SERVICES["airflow-worker"]["depends_on"]["airflow-apiserver"] == {"condition": "service_healthy"}
 
 
+def test_the_scoring_service_runs_driftline_serve_on_a_model_that_exists(tmp_path):
+    """Its command parses with Driftline's own CLI (run up to the point it would start uvicorn), the
+    model is one of models/, it listens on every interface inside its container (the port mapping
+    decides the exposure), and it reaches the same store and logged-in registry as the tasks."""
+    command = command_of("serve")
+    assert command[:2] == ["driftline", "serve"]
+    script = (
+        "import json, sys\n"
+        "import driftline.serve\n"
+        "driftline.serve.run = lambda model, **kw: print(json.dumps({'model': model, **kw})) or 0\n"
+        "from driftline.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, *command[1:]], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=False, env={**os.environ, "DRIFTLINE_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (ROOT / "models" / f"{parsed['model']}.yaml").is_file(), parsed
+    assert (parsed["host"], str(parsed["port"])) == ("0.0.0.0", command[command.index("--port") + 1])
+    env, tasks = env_of("serve"), env_of("airflow-worker")
+    for name in ("DRIFTLINE_STORE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert env[name] == tasks[name], name
+    # Least privilege: none of Airflow's secrets.
+    assert not [name for name in env if name.startswith("AIRFLOW")]
+    mounts = dict(m.split(":")[:2] for m in SERVICES["serve"]["volumes"])
+    assert mounts["serve-data"] == env["DRIFTLINE_HOME"]  # the spool survives a restart
+    assert {"postgres", "mlflow"} <= set(SERVICES["serve"]["depends_on"])
+
+
 # ---- images, builds, volumes -----------------------------------------------------------------------
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -334,7 +368,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 def test_images_and_builds_are_consistent():
     built = {name: (s["build"], s["image"]) for name, s in SERVICES.items() if "build" in s}
-    assert set(built) == {"mlflow", *AIRFLOW}
+    assert set(built) == {"mlflow", "serve", *AIRFLOW}
     assert {json.dumps(b, sort_keys=True) for b in built.values()} == {
         json.dumps(({"context": ".", "dockerfile": "Dockerfile"}, "driftline:local"), sort_keys=True)
     }
