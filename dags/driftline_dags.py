@@ -33,6 +33,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 
+from driftline import approval as approvals
 from driftline import channels, notify
 from driftline.lazy import lazy_import
 from ml import links, messages
@@ -122,7 +123,7 @@ data), or by hand (**Trigger** with the form below).
 {branches}
 5. **train_candidate** — {strategy} training, registered as the `challenger`.
 6. **evaluate_candidate** — champion and challenger on the newest labelled holdout; paired bootstrap.
-7. **gate** — `promote` (alias `champion`, stage Production) or `reject` (champion stays).
+7. **gate** — `promote` (alias `champion`, stage Production) or `reject` (champion stays).{approval}
 8. **record** — one audit entry: what drifted, what was decided, who is champion.
 
 Thresholds: drift share ≥ {drift_share}; max model age {max_age}.
@@ -131,6 +132,8 @@ Thresholds: drift share ≥ {drift_share}; max model age {max_age}.
 
 def build_continuous_training(cfg: ModelConfig):
     asset = new_labels_asset(cfg.name)
+    # Only a model that requires approval gets the approval tasks.
+    approval = cfg.promotion.approval == "required"
     if cfg.triggers.schedule:
         schedule = AssetOrTimeSchedule(timetable=CronTriggerTimetable(cfg.triggers.schedule, timezone="UTC"),
                                        assets=asset)
@@ -147,6 +150,10 @@ def build_continuous_training(cfg: ModelConfig):
             max_age=format_duration(cfg.triggers.max_model_age) if cfg.triggers.max_model_age else "none",
             strategy=cfg.training.strategy,
             branches="\n".join(f"   - `{b.task_id}`: {b.when}" for b in BRANCHES),
+            approval="" if not approval else (
+                "\n   **Approval required:** a candidate that passed waits in `await_approval` for a person "
+                "(Browse → Required Actions): Approve → `promote`; Reject, or no answer within "
+                f"{format_duration(cfg.promotion.approval_timeout)} → `not_approved`. A forced run is not asked."),
         ),
         params={
             "retrain": Param(False, type="boolean", title="Retrain now",
@@ -215,14 +222,31 @@ def build_continuous_training(cfg: ModelConfig):
             return _published(_step(cfg, loop.evaluate_candidate, _run_info(), candidate))
 
         @task.branch(doc_md="`promote` if the floor, minimum improvement and significance gates pass (or a person "
-                            "forced it), else `reject`.")
+                            "forced it), else `reject`."
+                            + (" With approval required, a passing candidate goes to `await_approval` first (a "
+                               "forced one does not: a person asked for it)." if approval else ""))
         def gate(candidate: dict, evaluation: dict) -> str:
-            return loop.choose_outcome(evaluation, candidate["force"])
+            if not approval:
+                return loop.choose_outcome(evaluation, candidate["force"])
+            route = _step(cfg, loop.route_candidate, _run_info(), candidate, evaluation)
+            if "request" in route:  # the approval task's subject and body
+                get_current_context()["ti"].xcom_push(key=approvals.REQUEST_KEY, value=route["request"])
+            return route["branch"]
 
-        @task(on_success_callback=notify.on_outcome(cfg, "promote"),
+        # JOIN: with approval, promote follows the gate (forced) or the approval (approved).
+        @task(on_success_callback=notify.on_outcome(cfg, "promote"), trigger_rule=JOIN if approval else "all_success",
               doc_md="Moves `champion` to the candidate (old one becomes `previous-champion`, stage Archived).")
         def promote(candidate: dict, evaluation: dict) -> dict:
-            return _published(_step(cfg, loop.promote, _run_info(), candidate, evaluation))
+            answer = _pull("await_approval", approvals.RESPONSE_KEY) if approval else None
+            return _published(_step(cfg, loop.promote, _run_info(), candidate, evaluation, answer))
+
+        @task(on_success_callback=notify.on_outcome(cfg, "reject"),
+              doc_md="The candidate passed the gate but a person rejected it, or no one answered within "
+                     f"{format_duration(cfg.promotion.approval_timeout)}: tagged `rejected` with the person's reason "
+                     "(or the timeout), actor = that person; the champion stays.")
+        def not_approved(candidate: dict, evaluation: dict) -> dict:
+            answer = _pull("await_approval", approvals.RESPONSE_KEY)
+            return _published(_step(cfg, loop.not_approved, _run_info(), candidate, evaluation, answer))
 
         @task(on_success_callback=notify.on_outcome(cfg, "reject"),
               doc_md="Keeps the champion; tags the candidate `rejected` with the gate's reasons, stage Archived.")
@@ -234,9 +258,10 @@ def build_continuous_training(cfg: ModelConfig):
             # Pulled, not arguments: guard and decide are branches (a branch skips every direct
             # downstream task it does not choose), and training, evaluation and the move are
             # skipped on the skip branch (an argument from a skipped task cannot be resolved).
+            outcome = _pull("promote") or _pull("reject") or (_pull("not_approved") if approval else None)
             return _step(cfg, loop.record, _run_info(), guard=_pull("guard_champion", "guard"), check=check,
                          decision=_pull("decide", "decision"), candidate=_pull("train_candidate"),
-                         evaluation=_pull("evaluate_candidate"), outcome=_pull("promote") or _pull("reject"))
+                         evaluation=_pull("evaluate_candidate"), outcome=outcome)
 
         guard = guard_champion()
         restore, keep = rollback_champion(guard["guard"]), EmptyOperator(task_id="keep_champion")
@@ -255,9 +280,23 @@ def build_continuous_training(cfg: ModelConfig):
         evaluation = evaluate_candidate(candidate)
         outcome = gate(candidate, evaluation)
         promoted, rejected = promote(candidate, evaluation), reject(candidate, evaluation)
-        outcome >> Label("gate passed (or forced)") >> promoted
         outcome >> Label("gate failed") >> rejected
-        [promoted, rejected, skip] >> record(check)
+        if not approval:
+            outcome >> Label("gate passed (or forced)") >> promoted
+            [promoted, rejected, skip] >> record(check)
+        else:
+            # A person decides: the request waits in Browse -> Required Actions, holding no worker slot.
+            ask = approvals.AwaitApproval(
+                task_id="await_approval", request_task="gate", approve_task="promote", reject_task="not_approved",
+                timeout=cfg.promotion.approval_timeout,
+                doc_md=f"Waits for a person to approve or reject the candidate (Browse -> Required Actions); "
+                       f"no answer within {format_duration(cfg.promotion.approval_timeout)} rejects it.")
+            declined = not_approved(candidate, evaluation)
+            outcome >> Label("gate passed") >> ask
+            outcome >> Label("forced by a person") >> promoted
+            ask >> Label("approved") >> promoted
+            ask >> Label("rejected or no answer") >> declined
+            [promoted, rejected, declined, skip] >> record(check)
 
     return continuous_training()
 

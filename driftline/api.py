@@ -119,6 +119,22 @@ class AirflowApi:
                                    f"{self.task_states(dag_id, run_id)}")
             time.sleep(every)
 
+    # ---- human approval (promotion.approval: required) --------------------------------------------
+
+    def approvals(self, dag_id: str = "~", run_id: str = "~", *, waiting: bool = True) -> list[dict[str, Any]]:
+        """Approval requests (Airflow's human-in-the-loop details), the unanswered ones by default."""
+        path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/hitlDetails"
+                f"?response_received={'false' if waiting else 'true'}&limit=100")
+        return self.call("GET", path)["hitl_details"]
+
+    def respond(self, dag_id: str, run_id: str, task_id: str, option: str,
+                params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Answer a waiting request as the logged-in user, e.g. ``option="Reject"``,
+        ``params={"reason": "..."}``; a second answer is refused (409)."""
+        path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/"
+                f"{urllib.parse.quote(task_id, safe='')}/-1/hitlDetails")
+        return self.call("PATCH", path, {"chosen_options": [option], "params_input": params or {}})
+
     # ---- assets -----------------------------------------------------------------------------------
 
     def asset_id(self, name: str) -> int:

@@ -115,6 +115,8 @@ def promoted(model: str, outcome: dict[str, Any], *, candidate: dict[str, Any] |
     summary = f"{model} v{version} promoted" + (f": {', '.join(parts)}" if parts else "")
     if outcome.get("forced"):
         summary += f"; forced past the gate by {actor or 'a person'}" + (f": {reason}" if reason else "")
+    if (outcome.get("approval") or {}).get("line"):  # a person approved it (promotion.approval: required)
+        summary += f"; {outcome['approval']['line']}"
     return Alert("promoted", model, summary, version=version, champion=version, links=_mlflow(outcome))
 
 
@@ -125,6 +127,8 @@ def rejected(model: str, outcome: dict[str, Any], *, candidate: dict[str, Any] |
     champion = outcome.get("champion")
     if outcome.get("superseded_by") is not None:
         parts = [f"superseded by v{outcome['superseded_by']}, promoted while v{version} waited"]
+    elif (outcome.get("approval") or {}).get("line"):  # passed the gate, not approved by a person
+        parts = [outcome["approval"]["line"], ", ".join(p for p in (_why(candidate, decision), _gain(evaluation)) if p)]
     else:
         parts = [", ".join(p for p in (_why(candidate, decision), _gain(evaluation)) if p)]
         gates = _failed_gates(evaluation)

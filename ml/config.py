@@ -427,6 +427,11 @@ class TriggerPolicy(_Strict):
         return None if method is None else check_drift_method(method, "categorical")
 
 
+# The answers a person can give to an approval request (promotion.approval: required), in the words
+# of Airflow's own ApprovalOperator; no answer within approval_timeout counts as APPROVAL_REJECT.
+APPROVAL_APPROVE, APPROVAL_REJECT = "Approve", "Reject"
+
+
 class PromotionGate(_Strict):
     metric: str = "accuracy"
     # "holdout": each candidate is judged at once on the newest labelled span, which it does not
@@ -441,6 +446,30 @@ class PromotionGate(_Strict):
     bootstrap_samples: int = Field(default=1000, ge=BOOTSTRAP_SAMPLES_MIN, le=BOOTSTRAP_SAMPLES_MAX)
     # Fewer labelled rows than this in the holdout and the gate gives no verdict (the run fails).
     min_holdout_rows: int = Field(default=30, ge=1)
+    # "required": a candidate that passed the gate waits for a person to approve it in Airflow's
+    # Required Actions page before it is promoted; no answer within approval_timeout rejects it.
+    approval: Literal["required", "none"] = "none"
+    approval_timeout: Duration = timedelta(days=1)
+
+    @field_validator("approval", mode="before")
+    @classmethod
+    def _approval_text(cls, value: Any) -> Any:
+        # YAML reads a bare `none` as text but `null` / `false` as None / False: say what is meant.
+        if value is None or isinstance(value, bool):
+            raise ValueError(f"write 'required' or 'none', got {value!r}")
+        return value
+
+    @field_validator("approval_timeout", mode="before")
+    @classmethod
+    def _approval_timeout(cls, value: Any) -> timedelta:
+        return _positive(parse_duration(value))
+
+    @model_validator(mode="after")
+    def _timeout_needs_approval(self) -> PromotionGate:
+        if "approval_timeout" in self.model_fields_set and self.approval != "required":
+            raise ValueError("approval_timeout: only used with approval: required (approval is 'none')")
+        return self
+
 
     @field_validator("significance")
     @classmethod

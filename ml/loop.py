@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from ml import registry as reg
-from ml.config import ModelConfig, format_duration
+from ml.config import APPROVAL_APPROVE, APPROVAL_REJECT, ModelConfig, format_duration
 from ml.policy import (
     as_utc,
     choose_outcome,
@@ -773,11 +773,22 @@ def _version_description(config: ModelConfig, run: RunInfo, candidate: dict[str,
     return "\n".join(lines)
 
 
-def promote(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+def promote(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any],
+            approval: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Make the candidate champion. ``approval``: the approval task's response when the model
+    requires one (:func:`approval_answer`); the move is then recorded as the approver's."""
     forced = evaluation["verdict"] != "promote"
     reasons = list(evaluation["reasons"])
     if forced:
         reasons.insert(0, f"forced by {run.actor or 'a person'} past the gate")
+    answer = None
+    if approval is not None:
+        answer = approval_answer(approval, ctx.config)
+        if answer["answer"] != "approved":  # fail closed: the branch said approved, the answer does not
+            raise ParamError(f"v{candidate['version']} was not approved ({answer['line']}); not promoting it")
+        run = replace(run, actor=answer["by"])
+        reasons.insert(0, answer["line"])
+        ctx.registry.set_tags(int(candidate["version"]), _approval_tags(answer))
     version = int(candidate["version"])
     if forced:
         # The description still shows the gate's verdict; say plainly who overrode it and why.
@@ -794,6 +805,8 @@ def promote(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: d
         log.info("promoted v%s (previous champion %s)%s", result["champion"], result["previous_champion"],
                  " [forced]" if forced else "")
     out = {**result, "forced": forced, "links": ctx.tracker.version_links(result["champion"])}
+    if answer is not None:
+        out["approval"] = answer
     from ml import alerts
 
     _headline(ctx, version, alerts.promoted(ctx.config.name, out, candidate=candidate, evaluation=evaluation,
@@ -809,16 +822,126 @@ def _headline(ctx: Context, version: int, line: str) -> None:
     ctx.registry.describe(version, f"**{line.split(' ', 1)[1]}**\n\n{body}")
 
 
-def reject(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-    result = ctx.registry.reject(int(candidate["version"]), run_id=run.run_id, actor=run.actor,
-                                 reasons=list(evaluation["reasons"]))
+def reject(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any],
+           *, answer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Keep the champion; the candidate is tagged rejected with the gate's reasons (or, when it
+    passed the gate and a person turned it down or no one answered in time, with that: ``answer``)."""
+    reasons = list(evaluation["reasons"])
+    if answer is not None:
+        reasons = [answer["line"], f"the gate had passed it: {evaluation.get('summary') or '; '.join(reasons)}"]
+    result = ctx.registry.reject(int(candidate["version"]), run_id=run.run_id, actor=run.actor, reasons=reasons)
     log.info("rejected v%s; champion stays v%s", candidate["version"], result["champion"])
     out = {**result, "links": ctx.tracker.version_links(int(candidate["version"]))}
+    if answer is not None:
+        out["approval"] = answer
     from ml import alerts
 
     _headline(ctx, int(candidate["version"]),
               alerts.rejected(ctx.config.name, out, candidate=candidate, evaluation=evaluation).summary)
     return out
+
+
+# ---- human approval (promotion.approval: required) ----------------------------------------------
+
+# The options a person is offered in Airflow's Required Actions page (ml.config has them: the DAG
+# file reads them without importing this module); no answer in time counts as REJECT.
+APPROVE, REJECT = APPROVAL_APPROVE, APPROVAL_REJECT
+# Who a rejection for want of an answer is recorded as.
+APPROVAL_TIMEOUT_ACTOR = "driftline-approval-timeout"
+
+
+def route_candidate(ctx: Context, run: RunInfo, candidate: dict[str, Any],
+                    evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The gate's branch: ``promote``, ``reject``, or ``await_approval`` (the gate passed and the
+    model requires a person's approval; ``request`` is then what that person is shown). A forced
+    run is not asked again: a person triggered it, with a reason, to promote past the gate."""
+    outcome = choose_outcome(evaluation, candidate["force"])
+    if outcome == "promote" and ctx.config.promotion.approval == "required" and not candidate["force"]:
+        return {"branch": "await_approval", "request": approval_request(ctx, run, candidate, evaluation)}
+    return {"branch": outcome}
+
+
+def approval_request(ctx: Context, run: RunInfo, candidate: dict[str, Any],
+                     evaluation: dict[str, Any]) -> dict[str, str]:
+    """Subject and Markdown body of the approval request: what each answer does, the
+    champion-vs-challenger table, why the candidate was trained, the gate's reasons, and links to
+    both versions in MLflow."""
+    from ml.evaluation import EvaluationResult
+
+    config, version = ctx.config, int(candidate["version"])
+    champion = evaluation.get("champion_version")
+    timeout = format_duration(config.promotion.approval_timeout)
+    window = candidate.get("window") or {}
+    lines = [
+        f"**{config.name} v{version}** passed the evaluation gate. It becomes the champion only if you approve.",
+        "",
+        f"- **Approve**: v{version} is promoted"
+        + (f" and v{champion} becomes `previous-champion`." if champion is not None else " (the first champion)."),
+        f"- **Reject**: v{version} is archived; write why in *Reason*: it is kept on the version and in the audit log.",
+        f"- **No answer within {timeout}**: v{version} is rejected, recorded as timed out.",
+        "",
+        "### Champion vs challenger",
+        EvaluationResult.from_dict(evaluation).table_markdown(),
+        "",
+        "### Why it was trained",
+        f"- **Trigger:** `{candidate.get('trigger')}`",
+        *[f"- {reason}" for reason in candidate.get("reasons") or []],
+        f"- **Trained on:** {window.get('rows')} rows, {window.get('start')} .. {window.get('end')}",
+        "",
+        "### The gate",
+        *[f"- {reason}" for reason in evaluation.get("reasons") or []],
+        *[f"- {note}" for note in evaluation.get("notes") or []],
+        "",
+        "### In MLflow",
+    ]
+    found = [(f"Challenger v{version}", ctx.tracker.version_links(version).get("model_version")),
+             (f"Training run of v{version}", (candidate.get("links") or {}).get("mlflow_run"))]
+    if champion is not None:
+        found.insert(1, (f"Champion v{champion}", ctx.tracker.version_links(int(champion)).get("model_version")))
+    lines += [f"- [{name}]({url})" for name, url in found if url] or ["- (no tracking server links here)"]
+    lines.append(f"\nAirflow run: `{run.run_id}`")
+    against = f"replace champion v{champion}" if champion is not None else "become the first champion"
+    return {"subject": f"Promote {config.name} v{version}? It would {against}.", "body": "\n".join(lines)}
+
+
+def approval_answer(response: dict[str, Any] | None, config: ModelConfig) -> dict[str, Any]:
+    """What a person answered, or that no one did, from the approval task's response
+    (``chosen_options``, ``params_input`` with the *Reason* field, ``responded_by``,
+    ``responded_at``, ``timed_out``). Anything but a person's explicit Approve reads as not approved
+    (fail closed). Returns ``answer`` ("approved" / "rejected" / "timed_out"), ``by``, ``reason``,
+    ``at`` and ``line``, one line for the reasons, the audit log and the alerts."""
+    response = response or {}
+    by = response.get("responded_by") or None
+    reason = str((response.get("params_input") or {}).get("reason") or "").strip() or None
+    at = response.get("responded_at")
+    if response.get("timed_out") or by is None:
+        timeout = format_duration(config.promotion.approval_timeout)
+        return {"answer": "timed_out", "by": APPROVAL_TIMEOUT_ACTOR, "reason": None, "at": at,
+                "line": f"no approval within {timeout}: rejected (approval timed out)"}
+    if list(response.get("chosen_options") or []) == [APPROVE]:
+        return {"answer": "approved", "by": by, "reason": reason, "at": at,
+                "line": f"approved by {by}" + (f": {reason}" if reason else "")}
+    return {"answer": "rejected", "by": by, "reason": reason, "at": at,
+            "line": f"rejected by {by} at approval: {reason or 'no reason given'}"}
+
+
+def _approval_tags(answer: dict[str, Any]) -> dict[str, Any]:
+    return {"approval": answer["answer"], "approval_by": answer["by"], "approval_reason": answer["reason"] or "",
+            "approval_at": answer["at"] or ""}
+
+
+def not_approved(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any],
+                 response: dict[str, Any] | None) -> dict[str, Any]:
+    """The candidate passed the gate but was not approved: rejected with the person's reason (actor:
+    that person), or for want of an answer within ``promotion.approval_timeout`` (actor:
+    :data:`APPROVAL_TIMEOUT_ACTOR`). The answer goes on the version's tags, its description's first
+    line and the audit log's ``rejected`` entry."""
+    answer = approval_answer(response, ctx.config)
+    if answer["answer"] == "approved":  # the branch said not approved: never reject an approval
+        raise ParamError(f"v{candidate['version']} was approved by {answer['by']}; it is promoted, not rejected")
+    ctx.registry.set_tags(int(candidate["version"]), _approval_tags(answer))
+    log.info("v%s not approved: %s", candidate["version"], answer["line"])
+    return reject(ctx, replace(run, actor=answer["by"]), candidate, evaluation, answer=answer)
 
 
 def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None, decision: dict | None,
@@ -846,6 +969,7 @@ def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None
         "evaluation": (evaluation or {}).get("summary"),
         "verdict": (evaluation or {}).get("verdict"),
         "action": outcome["action"] if outcome else "skipped",
+        "approval": ((outcome or {}).get("approval") or {}).get("line"),
         "guard": (guard or {}).get("action"),
         "guard_reason": (guard or {}).get("reason"),
         "champion_version": ctx.registry.champion(),
@@ -860,12 +984,15 @@ def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None
 
 
 def run_cycle(ctx: Context, run: RunInfo, *, keep_report: bool = False,
-              trace: dict[str, Any] | None = None) -> dict[str, Any]:
+              trace: dict[str, Any] | None = None,
+              approve: Callable[[dict[str, str]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """One continuous-training run in this process: the same steps, in the same order and on the
     same branches, as the ``<model>_continuous_training`` DAG (the replay runs this). Returns each
     step's result by name, ``record`` last; ``trace``, when given, is filled as the steps finish,
     so a caller sees what was done before a step failed. A step's error propagates, as a failed
-    task fails the DAG run (and no record is written)."""
+    task fails the DAG run (and no record is written). ``approve`` answers an approval request
+    (``promotion.approval: required``) as the Airflow task's response would; without it there is
+    no one to ask in this process (the replay), and the gate's verdict stands."""
     out: dict[str, Any] = trace if trace is not None else {}
     out["guard"] = guard_champion(ctx, run)
     if out["guard"]["action"] == "rollback":
@@ -877,10 +1004,18 @@ def run_cycle(ctx: Context, run: RunInfo, *, keep_report: bool = False,
     if out["decision"]["branch"] != BRANCH_FOR_KIND["none"]:
         candidate = out["candidate"] = train_candidate(ctx, run, out["decision"], out["check"])
         evaluation = out["evaluation"] = evaluate_candidate(ctx, run, candidate)
-        if choose_outcome(evaluation, candidate["force"]) == "promote":
-            outcome = out["promote"] = promote(ctx, run, candidate, evaluation)
-        else:
+        route = route_candidate(ctx, run, candidate, evaluation)
+        response = None
+        if route["branch"] == "await_approval" and approve is not None:
+            response = out["approval"] = approve(route["request"])
+        if route["branch"] == "await_shadow":
+            pass  # a later run judges it on the rows it scores in shadow (evaluate_shadow)
+        elif route["branch"] == "reject":
             outcome = out["reject"] = reject(ctx, run, candidate, evaluation)
+        elif response is not None and approval_answer(response, ctx.config)["answer"] != "approved":
+            outcome = out["not_approved"] = not_approved(ctx, run, candidate, evaluation, response)
+        else:
+            outcome = out["promote"] = promote(ctx, run, candidate, evaluation, approval=response)
     out["record"] = record(ctx, run, guard=out["guard"], check=out["check"], decision=out["decision"],
                            candidate=candidate, evaluation=evaluation, outcome=outcome)
     return out
