@@ -240,6 +240,14 @@ def guard_champion(ctx: Context, run: RunInfo) -> dict[str, Any]:
     if previous is None or not config.rollback.auto:
         why = "no previous champion" if previous is None else "automatic rollback is off"
         return {"action": "keep", "champion": champion.version, "reason": why, "resumed": resumed}
+    taken_back = ctx.registry.info(previous)
+    if taken_back.tag("verdict") == "rolled_back":
+        # After a rollback, previous-champion is the version taken out of service (so a person can
+        # undo the rollback); the guard bringing it back would undo a person's or its own decision.
+        who = taken_back.tag("rolled_back_by") or "the guard"
+        why = (f"v{previous} was rolled back by {who}; the guard does not bring it back "
+               f"(roll back to 'previous' by hand to undo)")
+        return {"action": "keep", "champion": champion.version, "reason": why, "resumed": resumed}
     as_of = resolve_as_of(ctx, run)
     rows = ctx.store.load(
         config.name,

@@ -370,7 +370,7 @@ class Registry:
     ) -> dict[str, Any]:
         """Give the champion alias back to ``to_version``. Order: an intent entry (naming the version
         it demotes), move ``champion`` (atomic), tag the demoted champion, point
-        ``previous-champion`` at what came before the restored one, mirror stages, the completion
+        ``previous-champion`` at the demoted one (so it can be undone), mirror stages, the completion
         entry. The target is an explicit version so a retried task cannot roll back twice."""
         current = self.champion()
         if current is None:
@@ -404,10 +404,12 @@ class Registry:
         if demoted is not None:
             # Also on a re-run: the first attempt may have crashed before tagging the restored version.
             self.set_tags(to_version, {"verdict": "promoted", "restored_by_run": run_id})
-        before = self.info(to_version).tag("previous_champion")
-        if before and int(before) != to_version:
-            self.client.set_registered_model_alias(self.name, PREVIOUS, before)
-        elif self.version_for(PREVIOUS) is not None:
+        # "Roll back to previous" must undo this move, so previous-champion names the version just
+        # demoted. The guard never restores a rolled-back version by itself (loop.guard_champion):
+        # only a person can, so a person's rollback is not undone behind their back.
+        if demoted is not None:
+            self.client.set_registered_model_alias(self.name, PREVIOUS, str(demoted))
+        elif self.version_for(PREVIOUS) == to_version:
             self.client.delete_registered_model_alias(self.name, PREVIOUS)
         checkpoint("rollback:previous_set")
         self._clear_challenger(to_version)  # the restored champion is no longer under evaluation

@@ -120,7 +120,7 @@ def _racer_process(name: str, racer: str, move: Move, start: Any, meeting: Any, 
 
     registry.checkpoint = checkpoint
     r = open_registry(name)
-    start.wait(300)
+    start.wait(900)  # spawned racers import MLflow first: minutes apart on a loaded 2-core machine
     try:
         result: Any = act(r, move)
     except Exception as exc:  # noqa: BLE001 (sent to the parent, which names it)

@@ -275,9 +275,15 @@ def test_manual_rollback_dag_dry_run_then_real(scenario):
     assert demoted.tag("verdict") == "rolled_back" and demoted.tag("rolled_back_reason") == "ops asked to compare"
     audit = _ctx().store.audit_log(MODEL, ["rolled_back"])
     assert audit[-1]["run_id"] == real.key and audit[-1]["version"] == previous
-    # Back to where we were, by version number this time.
-    again = runner.run_dag(f"{MODEL}_rollback", {"target": str(before), "reason": "restore"})
+    # previous-champion now names the demoted version: "roll back to previous" undoes the rollback.
+    assert registry.version_for("previous-champion") == before
+    again = runner.run_dag(f"{MODEL}_rollback", {"target": "previous", "reason": "restore"})
     assert again.ok and registry.champion() == before
+    assert registry.version_for("previous-champion") == previous
+    # And by version number.
+    third = runner.run_dag(f"{MODEL}_rollback", {"target": str(previous), "reason": "by number"})
+    assert third.ok and registry.champion() == previous
+    assert runner.run_dag(f"{MODEL}_rollback", {"target": str(before), "reason": "restore"}).ok
 
 
 @pytest.mark.integration

@@ -295,8 +295,8 @@ def test_rollback_to_previous_and_again(reg):
     result = reg.rollback(2, run_id="rb1", actor="carol", reason="auc fell 0.05")
 
     assert result == {"action": "rolled_back", "champion": 2, "from_version": 3}
-    # previous-champion follows the restored version's own history: v2 came after v1.
-    assert aliases(reg) == {CHAMPION: 2, PREVIOUS: 1, CHALLENGER: None}
+    # previous-champion names the demoted version, so "roll back to previous" undoes the rollback.
+    assert aliases(reg) == {CHAMPION: 2, PREVIOUS: 3, CHALLENGER: None}
     assert stages(reg) == {1: "Archived", 2: "Production", 3: "Archived"}
     v3 = reg.info(3)
     assert v3.tag("verdict") == "rolled_back"
@@ -313,16 +313,34 @@ def test_rollback_to_previous_and_again(reg):
         (2, "rb1", "carol", {"from_version": 3, "reason": "auc fell 0.05", "automatic": False})
     ]
 
-    # Again: v1 had no champion before it, so previous-champion is deleted.
-    assert reg.resolve_rollback_target("previous") == 1
+    # Further back is by number; previous-champion again names what was demoted.
     reg.rollback(1, run_id="rb2", actor=None, reason="still bad", automatic=True)
-    assert aliases(reg) == {CHAMPION: 1, PREVIOUS: None, CHALLENGER: None}
+    assert aliases(reg) == {CHAMPION: 1, PREVIOUS: 2, CHALLENGER: None}
     assert stages(reg) == {1: "Production", 2: "Archived", 3: "Archived"}
     assert reg.info(2).tag("verdict") == "rolled_back"
     assert reg.info(2).tag("rolled_back_automatically") == "true"
     assert reg.info(2).tag("rolled_back_by") == ""
-    with pytest.raises(RegistryError, match=r"reg_model v1 has no previous champion to roll back to"):
-        reg.resolve_rollback_target("previous")
+
+
+def test_rolling_back_to_previous_undoes_a_manual_rollback(reg):
+    chain(reg, third_promoted=True)
+    reg.rollback(reg.resolve_rollback_target("previous"), run_id="rb1", actor="carol", reason="auc fell")
+    assert aliases(reg) == {CHAMPION: 2, PREVIOUS: 3, CHALLENGER: None}
+
+    undo = reg.rollback(reg.resolve_rollback_target("previous"), run_id="rb2", actor="dave", reason="false alarm")
+
+    assert undo == {"action": "rolled_back", "champion": 3, "from_version": 2}
+    assert aliases(reg) == {CHAMPION: 3, PREVIOUS: 2, CHALLENGER: None}
+    assert stages(reg) == {1: "Archived", 2: "Archived", 3: "Production"}
+    assert (reg.info(3).tag("verdict"), reg.info(3).tag("restored_by_run")) == ("promoted", "rb2")
+    assert (reg.info(2).tag("verdict"), reg.info(2).tag("rolled_back_by")) == ("rolled_back", "dave")
+
+
+def test_rollback_to_the_champion_itself_keeps_previous(reg):
+    chain(reg, third_promoted=True)
+    result = reg.rollback(3, run_id="rb1", actor="carol", reason="no-op")
+    assert result["from_version"] is None
+    assert aliases(reg) == {CHAMPION: 3, PREVIOUS: 2, CHALLENGER: None}
 
 
 def test_resolve_previous_falls_back_to_the_champions_tag(reg):
@@ -411,7 +429,7 @@ SCENARIOS = {
     ),
     "rollback": (
         _setup_rollback, _act_rollback, "rolled_back", 2, 3, 2,
-        {CHAMPION: 2, PREVIOUS: 1, CHALLENGER: None},
+        {CHAMPION: 2, PREVIOUS: 3, CHALLENGER: None},
         {1: "Archived", 2: "Production", 3: "Archived"},
         {1: "promoted", 2: "promoted", 3: "rolled_back"},
     ),
@@ -847,7 +865,7 @@ def test_a_promotion_racing_a_rollback_leaves_one_history(reg):
         assert aliases(r) == {CHAMPION: 3, PREVIOUS: 1, CHALLENGER: None}
         assert outcome.results["rollback"]["from_version"] == 2
     else:  # v3 promoted over v2, then the person's explicit target wins
-        assert aliases(r) == {CHAMPION: 1, PREVIOUS: None, CHALLENGER: None}
+        assert aliases(r) == {CHAMPION: 1, PREVIOUS: 3, CHALLENGER: None}
         assert outcome.results["rollback"]["from_version"] == 3
 
 

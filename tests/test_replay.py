@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import replay
+from ml import loop, replay
 from ml.replay import Driftline, ReplayError, ReplayOptions, World
 
 FAST = {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 200}}
@@ -215,6 +215,12 @@ def test_guard_rolls_back_a_champion_worse_than_its_predecessor():
     assert pd.Timestamp(d.registry.info(1).tag("promoted_at")) == data.batch_ends[8]  # a new probation
     rolled = d.store.audit_log(data.config.name, ["rolled_back"])
     assert rolled[-1]["actor"] == "driftline-guard" and rolled[-1]["details"]["from_version"] == v2
+    # previous-champion now names v2, so a person can undo the rollback; the guard itself never
+    # brings a rolled-back version back, however its rows compare.
+    assert d.registry.version_for("previous-champion") == v2
+    kept = loop.guard_champion(d.ctx, loop.RunInfo("test/after", actor="tester", params={}))
+    assert kept["action"] == "keep" and kept["champion"] == 1
+    assert kept["reason"].startswith(f"v{v2} was rolled back by driftline-guard; the guard does not bring it back")
 
 
 def test_drift_triggered_retrain_learns_only_after_the_onset():
