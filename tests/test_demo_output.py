@@ -1,6 +1,7 @@
-"""What a person reads: the demo's timeline (pure functions of its rows), the failure line
-``driftline trigger`` prints from a task's log, and ``driftline up``'s progress lines. No Airflow
-runs, no servers: each is fed hand-made rows, log entries or health answers."""
+"""What a person reads: the demo's timeline (pure functions of its rows) with its online-scoring lines,
+the failure line ``driftline trigger`` prints from a task's log, and ``driftline up``'s progress lines
+and scoring services. No Airflow runs, no Driftline servers: each is fed hand-made rows, log entries
+or health answers (one from a stub HTTP server on loopback)."""
 
 from __future__ import annotations
 
@@ -194,3 +195,107 @@ def test_up_names_a_run_the_scheduler_will_start_unasked(tmp_path):
          "event at 2026-11-30 19:42:37 that no run has consumed yet")]
     # Not an Airflow DB (yet): a notice is not worth failing the start for.
     assert queued_asset_runs(f"sqlite:///{tmp_path / 'empty.db'}") == []
+
+
+# ---- online scoring beside the days ------------------------------------------------------------------
+
+
+def _online(**overrides) -> dict:
+    online = {"before": {"requests": 8, "failed": 0, "versions": [2], "stored": True, "quarantined": 8},
+              "after": {"requests": 8, "failed": 0, "versions": [5], "stored": True, "quarantined": 8},
+              "from_version": 2, "to_version": 5, "move": "promote_requested", "swap_seconds": 1.43, "ok": True}
+    return online | overrides
+
+
+def test_online_line_says_which_version_answered_before_and_after_and_how_soon():
+    assert demo.online_text(_online()) == (
+        "v2 answered 8/8 requests before the run; the champion alias moved to v5 and the service was serving "
+        "it 1.4 s later (hot swap, no restart); v5 answered 8/8 requests after")
+    back = demo.online_text(_online(move="rollback_requested", to_version=2, from_version=5,
+                                    before={**_online()["after"]}, after={**_online()["before"]}))
+    assert "v5 answered 8/8 requests before" in back and "alias went back to v2" in back
+
+
+def test_online_line_names_a_missed_swap_failed_requests_and_unstored_rows():
+    text = demo.online_text(_online(swap_seconds=None, after={"requests": 8, "failed": 3, "versions": [2],
+                                                              "stored": False, "quarantined": 5}))
+    assert f"did not load v5 within {demo.SWAP_TIMEOUT:.0f} s" in text
+    assert "v2 answered 5/8 requests after" in text
+    assert text.endswith("NOT ALL STORED")
+
+
+def test_the_online_line_sits_under_its_day_in_the_timeline():
+    days = [_row(period=12), _row(period=13, online=_online()), _row(period=14)]
+    lines = demo.timeline(days, "roc_auc")
+    online = [i for i, line in enumerate(lines) if line.strip().startswith("online:")]
+    assert len(online) == 1
+    day13, day14 = lines.index(demo.format_row(days[1])), lines.index(demo.format_row(days[2]))
+    assert day13 < online[0] < day14
+    assert all(len(line) <= demo.DETAIL_WIDTH for line in lines[online[0]:day14])
+
+
+def test_the_demo_asks_for_online_steps_around_both_registry_moves():
+    online = [step for step in demo.SCENARIO if step.online]
+    assert [(s.period, s.expect) for s in online] == [(13, "manual/promoted:forced"), (15, "*/*:rolled_back")]
+
+
+# ---- driftline up: the scoring services -------------------------------------------------------------
+
+
+@pytest.fixture
+def health_server():
+    """A loopback HTTP server answering /health with (status, body) set by the test."""
+    import http.server
+    import json
+    import threading
+
+    answer: dict = {"status": 200, "body": b"{}"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(answer["status"])
+            self.end_headers()
+            self.wfile.write(answer["body"] if isinstance(answer["body"], bytes) else json.dumps(answer["body"]).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", answer
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_scoring_service_is_up_when_it_serves_or_waits_for_a_first_champion(health_server):
+    from driftline.stack import free_port, serve_health
+
+    url, answer = health_server
+    answer.update(status=200, body={"status": "ok", "version": 3})
+    assert serve_health(url) == {"status": "ok", "version": 3}
+    answer.update(status=503, body={"status": "no_model", "version": None})
+    assert serve_health(url) == {"status": "no_model", "version": None}  # up, nothing to serve yet
+    answer.update(status=503, body=b"<html>proxy error</html>")
+    assert serve_health(url) is None
+    answer.update(status=500, body={"status": "broken"})
+    assert serve_health(url) is None
+    assert serve_health(f"http://127.0.0.1:{free_port()}") is None  # nothing listens
+
+
+def test_up_gives_each_model_its_own_port_and_checks_them_all(tmp_path):
+    import socket
+
+    from driftline.stack import Scoring, model_names
+
+    (tmp_path / "b_model.yaml").write_text("")
+    (tmp_path / "a_model.yaml").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    assert model_names(tmp_path) == ["a_model", "b_model"]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        scoring = Scoring(taken - 1, models=["a_model", "b_model"])
+        assert scoring.urls() == {"a_model": f"http://127.0.0.1:{taken - 1}", "b_model": f"http://127.0.0.1:{taken}"}
+        assert scoring.check_ports() == f"port {taken} (scoring service for b_model; --serve-port) is in use"
+    assert Scoring(None).models == [] and Scoring(None).urls() == {}  # --no-serve
