@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python -m bench.drift_cost
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.replay
+	$(BIN)/python -m bench.cbpe
 	$(BIN)/python -m bench.report
 
 lint: install

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ("drift_cost", "latency", "replay", "ingest_memory", "serve")  # P1, P2, P3, then memory and serving
+ORDER = ("drift_cost", "latency", "replay", "cbpe", "ingest_memory", "serve")  # P1-P3, estimate, memory, serving
 HEADER = """\
 # Benchmarks
 
