@@ -59,6 +59,23 @@ class RequestError(ValueError):
 def parse_rows(payload: Any, config: ModelConfig, *, max_rows: int = MAX_ROWS) -> pd.DataFrame:
     """``{"rows": [{"key": "...", <feature>: value, ...}, ...]}`` -> a frame with ``row_id`` and the
     features (numerical as float, categorical as str or None), the dtypes batch validation gives.
+    The rules are :func:`parse_records`'."""
+    return records_frame(parse_records(payload, config, max_rows=max_rows), config)
+
+
+def records_frame(records: list[dict[str, Any]], config: ModelConfig) -> pd.DataFrame:
+    """Validated records as the frame batch scoring would build (numerical float with NaN for null)."""
+    frame = pd.DataFrame.from_records(records, columns=["row_id", *config.feature_names])
+    for name in config.numerical:
+        frame[name] = frame[name].astype(float)
+    for name in config.categorical:
+        frame[name] = frame[name].astype(object)
+    return frame
+
+
+def parse_records(payload: Any, config: ModelConfig, *, max_rows: int = MAX_ROWS) -> list[dict[str, Any]]:
+    """The request's rows as ``{"row_id": key, <feature>: float | str | None}`` dicts, or
+    :class:`RequestError`. No pandas here: a one-row request should not pay for a DataFrame.
 
     Rules: every feature present (``null`` is allowed and means "unknown": the pipeline imputes it,
     as in batch scoring); numerical = a JSON number, finite, not a boolean; categorical = a string (or
@@ -131,12 +148,7 @@ def parse_rows(payload: Any, config: ModelConfig, *, max_rows: int = MAX_ROWS) -
         records.append(record)
     if errors:
         raise RequestError(errors[:20])
-    frame = pd.DataFrame.from_records(records, columns=["row_id", *kinds])
-    for name in config.numerical:
-        frame[name] = frame[name].astype(float)
-    for name in config.categorical:
-        frame[name] = frame[name].astype(object)
-    return frame
+    return records
 
 
 def _json_type(value: Any) -> str:
@@ -166,6 +178,7 @@ class ServedModel:
     data_start: str | None
     data_end: str | None
     verdict: str | None
+    fast: FastPipeline | None = None  # the preprocessing in plain NumPy, where the pipeline allows it
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -175,7 +188,189 @@ class ServedModel:
             "loaded_at": self.loaded_at.isoformat(),
             "trained_on": {"start": self.data_start, "end": self.data_end},
             "verdict": self.verdict,
+            "fast_path": self.fast is not None,
         }
+
+
+class FastPipeline:
+    """A fitted ``ml.training.build_pipeline`` pipeline's preprocessing (median/mean/constant
+    imputation, standard scaling, one-hot encoding that ignores unknown categories) as plain NumPy on
+    the request's records, then the fitted final estimator as is. scikit-learn's ColumnTransformer on
+    a one-row DataFrame spends milliseconds on pandas and checks for microseconds of arithmetic; this
+    does the arithmetic. Built only when every step is one it knows, and only if it agrees with the
+    pipeline's own ``transform`` on probe rows (known, null and unseen values); else the pipeline runs."""
+
+    def __init__(self, model: Any, config: ModelConfig) -> None:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.pipeline import Pipeline
+
+        if not isinstance(model, Pipeline) or len(model.steps) != 2:
+            raise TypeError("not a two-step pipeline")
+        self.model = model
+        head, self.final = model.steps[0][1], model.steps[-1][1]
+        if not isinstance(head, ColumnTransformer):
+            raise TypeError(f"preprocessing is {type(head).__name__}, not a ColumnTransformer")
+        self.head = head
+        self.blocks: list[tuple[str, list[str], list[Any]]] = []  # (kind, columns, fitted steps)
+        for name, transformer, columns in head.transformers_:
+            if transformer == "drop" or (hasattr(columns, "__len__") and len(columns) == 0):
+                continue
+            if transformer == "passthrough" or not isinstance(transformer, Pipeline):
+                raise TypeError(f"{name}: {transformer!r} is not a known step")
+            columns = list(columns)
+            if not all(isinstance(c, str) for c in columns):
+                raise TypeError(f"{name}: columns not selected by name")
+            kind = "num" if all(c in config.numerical for c in columns) else "cat"
+            if kind == "cat" and not all(c in config.categorical for c in columns):
+                raise TypeError(f"{name}: mixes numerical and categorical columns")
+            self.blocks.append((kind, columns, [self._step(kind, step) for _, step in transformer.steps]))
+        self.width = sum(self._width(kind, columns, steps) for kind, columns, steps in self.blocks)
+        # A binary LogisticRegression is one dot product and a logistic: its own predict and
+        # predict_proba spend far longer checking a one-row input than computing on it.
+        self._linear: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        from sklearn.linear_model import LogisticRegression
+
+        if type(self.final) is LogisticRegression and len(self.final.classes_) == 2 and self.final.coef_.shape[0] == 1:
+            self._linear = (self.final.coef_.T, self.final.intercept_, self.final.classes_)
+
+    @staticmethod
+    def _step(kind: str, step: Any) -> Any:
+        from sklearn.impute import SimpleImputer
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        if isinstance(step, SimpleImputer):
+            if step.add_indicator:
+                raise TypeError("imputer adds indicators")
+            if kind == "num":
+                stats = np.asarray(step.statistics_, dtype=float)
+                if np.isnan(stats).any():  # an all-missing column is dropped by the imputer
+                    raise TypeError("imputer drops an empty column")
+                if not (isinstance(step.missing_values, float) and math.isnan(step.missing_values)):
+                    raise TypeError("numerical imputer for a value other than NaN")
+                return ("impute_num", stats)
+            return ("impute_cat", step.missing_values, list(step.statistics_))
+        if isinstance(step, StandardScaler) and kind == "num":
+            return ("scale", step.mean_ if step.with_mean else None, step.scale_ if step.with_std else None)
+        if (isinstance(step, OneHotEncoder) and kind == "cat" and step.handle_unknown == "ignore"
+                and step.drop_idx_ is None and not getattr(step, "_infrequent_enabled", False)):
+            return ("onehot", [{value: i for i, value in enumerate(cats)} for cats in step.categories_],
+                    [len(cats) for cats in step.categories_])
+        raise TypeError(f"{type(step).__name__} on {kind} columns is not a known step")
+
+    @staticmethod
+    def _width(kind: str, columns: list[str], steps: list[Any]) -> int:
+        last = steps[-1] if steps else None
+        return sum(last[2]) if last is not None and last[0] == "onehot" else len(columns)
+
+    @classmethod
+    def compile(cls, model: Any, config: ModelConfig) -> FastPipeline | None:
+        try:
+            fast = cls(model, config)
+        except (TypeError, AttributeError) as exc:
+            log.info("scoring through the pipeline itself (no NumPy fast path: %s)", exc)
+            return None
+        problem = fast._disagreement(config)
+        if problem is not None:
+            log.warning("scoring through the pipeline itself: the NumPy fast path disagreed with it (%s)", problem)
+            return None
+        return fast
+
+    def transform(self, records: list[dict[str, Any]]) -> np.ndarray:
+        out = np.empty((len(records), self.width))
+        at = 0
+        for kind, columns, steps in self.blocks:
+            if kind == "num":
+                x = np.array([[r[c] for c in columns] for r in records], dtype=float)  # None -> nan
+                for step in steps:
+                    if step[0] == "impute_num":
+                        x = np.where(np.isnan(x), step[1], x)
+                    else:
+                        _, mean, scale = step
+                        if mean is not None:
+                            x -= mean
+                        if scale is not None:
+                            x /= scale
+                out[:, at:at + x.shape[1]] = x
+                at += x.shape[1]
+                continue
+            values = [[r[c] for c in columns] for r in records]
+            width = len(columns)
+            for step in steps:
+                if step[0] == "impute_cat":
+                    _, missing, fills = step
+                    nan_missing = isinstance(missing, float) and math.isnan(missing)
+                    values = [[fills[j] if (_is_nan(v) if nan_missing else v is missing or v == missing) else v
+                               for j, v in enumerate(row)] for row in values]
+                else:
+                    _, lookups, sizes = step
+                    width = sum(sizes)
+                    block = np.zeros((len(records), width))
+                    for i, row in enumerate(values):
+                        offset = 0
+                        for j, v in enumerate(row):
+                            hit = lookups[j].get(v)
+                            if hit is not None:
+                                block[i, offset + hit] = 1.0
+                            offset += sizes[j]
+                    values = block
+            out[:, at:at + width] = values
+            at += width
+        return out
+
+    def predict(self, records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and class probabilities (None where the estimator has none), as the pipeline's
+        ``predict`` / ``predict_proba`` give them."""
+        X = self.transform(records)
+        if self._linear is not None:
+            from scipy.special import expit
+
+            coef_t, intercept, classes = self._linear
+            decision = (X @ coef_t + intercept).reshape(-1)  # sklearn's decision_function, same shapes
+            positive = expit(decision)
+            return classes[(decision > 0).astype(int)], np.column_stack([1 - positive, positive])
+        proba = np.asarray(self.final.predict_proba(X)) if hasattr(self.final, "predict_proba") else None
+        return np.asarray(self.final.predict(X)), proba
+
+    def _disagreement(self, config: ModelConfig) -> str | None:
+        """None if ``transform`` equals the pipeline's own on probe rows, else how it differs."""
+        probes: list[dict[str, Any]] = []
+        cats = {c: [] for c in config.categorical}
+        for kind, columns, steps in self.blocks:
+            for step in steps:
+                if kind == "cat" and step[0] == "onehot":
+                    for column, lookup in zip(columns, step[1], strict=True):
+                        cats[column] = [v for v in lookup if isinstance(v, str)]
+        n = max([len(v) for v in cats.values()] + [1]) + 3
+        for i in range(n):
+            row: dict[str, Any] = {"row_id": f"probe-{i}"}
+            for j, name in enumerate(config.numerical):
+                row[name] = None if i % 4 == 3 else float((i + 1) * (j + 2)) - 3.5
+            for name in config.categorical:
+                known = cats[name]
+                row[name] = (None if i == n - 1 else "\x00unseen" if i == n - 2 or not known
+                             else known[i % len(known)])
+            probes.append(row)
+        try:
+            frame = records_frame(probes, config)[config.feature_names]
+            expected = self.head.transform(frame)
+            expected = expected.toarray() if hasattr(expected, "toarray") else np.asarray(expected, dtype=float)
+            got = self.transform(probes)
+            if expected.shape != got.shape:
+                return f"shape {got.shape} vs {expected.shape}"
+            if not np.allclose(got, expected, rtol=1e-12, atol=1e-12, equal_nan=True):
+                return f"preprocessing: largest difference {np.nanmax(np.abs(got - expected)):.3g}"
+            prediction, proba = self.predict(probes)
+            if not np.array_equal(prediction, np.asarray(self.model.predict(frame))):
+                return "predictions differ"
+            if proba is not None and not np.allclose(proba, self.model.predict_proba(frame), rtol=1e-12, atol=1e-15):
+                return "probabilities differ"
+        except Exception as exc:  # noqa: BLE001 (anything odd: use the pipeline)
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 class ModelHolder:
@@ -235,6 +430,7 @@ class AliasFollower:
         alias: str = CHAMPION,
         poll_seconds: float = 2.0,
         max_backoff_seconds: float = 60.0,
+        prepare: Callable[[Any], FastPipeline | None] | None = None,
     ) -> None:
         # A factory is called (and retried) at the first poll: the registry needs the store, and a store
         # that is down at start-up must not stop the service from starting.
@@ -245,6 +441,7 @@ class AliasFollower:
         self.alias = alias
         self.poll_seconds = poll_seconds
         self.max_backoff_seconds = max_backoff_seconds
+        self.prepare = prepare  # run on each loaded model before the swap (off the request path)
         self.last_checked_at: datetime | None = None
         self.last_error: str | None = None
         self.refused: dict[int, str] = {}  # version -> why (the newest refusal)
@@ -293,7 +490,7 @@ class AliasFollower:
             served = ServedModel(
                 name=self.name, version=version, alias=self.alias, model=model,
                 loaded_at=datetime.now(UTC), data_start=info.tag("data_start"), data_end=info.tag("data_end"),
-                verdict=info.tag("verdict"),
+                verdict=info.tag("verdict"), fast=self.prepare(model) if self.prepare else None,
             )
             old = self.holder.swap(served)
             self.refused = {}
@@ -823,15 +1020,31 @@ class ScoringService:
         self.holder = holder
         self.writer = writer
         self.max_batch_rows = max_batch_rows
-        self._queue: queue.SimpleQueue[tuple[pd.DataFrame, datetime, Future] | None] = queue.SimpleQueue()
+        self._numerical = frozenset(config.numerical)
+        self._queue: queue.SimpleQueue[tuple[list[dict[str, Any]], datetime, Future] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def submit(self, payload: Any, received_at: datetime) -> Future:
         """Validate now (``RequestError`` at once); the future gives the answer, or raises ``NotReady``."""
-        frame = parse_rows(payload, self.config)
+        records = parse_records(payload, self.config)
         future: Future = Future()
-        self._queue.put((frame, received_at, future))
+        self._queue.put((records, received_at, future))
         return future
+
+    def answer_now(self, payload: Any, received_at: datetime) -> dict[str, Any] | None:
+        """Validate, score and hand to the writer on the caller's thread, when the served version has
+        the fast path (a one-row answer is about 0.1 ms of NumPy: two thread hand-offs would cost more
+        than the work); None when the request should go through :meth:`submit`. The caller keeps this
+        for small requests, so the event loop is never held long."""
+        served = self.holder.current  # read once, as a batch does
+        if served is None or served.fast is None:
+            return None
+        records = parse_records(payload, self.config)
+        prediction, score = self._predict_fast(served.fast, records)
+        answer = self._answer(served, records, prediction, score, received_at)
+        if getattr(self, "shadow", None) is not None:  # as the scorer thread does after its answers
+            self.shadow.submit(records)
+        return answer
 
     def predict(self, payload: Any, received_at: datetime, timeout: float = 60.0) -> dict[str, Any]:
         """Blocking form of :meth:`submit`."""
@@ -875,15 +1088,18 @@ class ScoringService:
             if stopping:
                 return
 
-    def _score(self, batch: list[tuple[pd.DataFrame, datetime, Future]]) -> None:
+    def _score(self, batch: list[tuple[list[dict[str, Any]], datetime, Future]]) -> None:
         served = self.holder.current  # read once: the whole batch is answered by this version
         if served is None:
             for _, _, future in batch:
                 future.set_exception(NotReady(f"no blessed {self.config.name}@{CHAMPION} loaded yet"))
             return
         try:
-            frame = pd.concat([f for f, _, _ in batch], ignore_index=True) if len(batch) > 1 else batch[0][0]
-            prediction, score = predict_once(self.config, served.model, frame)
+            records = [r for part, _, _ in batch for r in part] if len(batch) > 1 else batch[0][0]
+            if served.fast is not None:
+                prediction, score = self._predict_fast(served.fast, records)
+            else:
+                prediction, score = predict_once(self.config, served.model, records_frame(records, self.config))
         except Exception:  # one request the model chokes on must not fail the others
             if len(batch) > 1:
                 for item in batch:
@@ -893,25 +1109,41 @@ class ScoringService:
                 batch[0][2].set_exception(RuntimeError(f"v{served.version} could not score these rows"))
             return
         start = 0
-        for frame_part, received_at, future in batch:
-            end = start + len(frame_part)
-            answer = self._answer(served, frame_part, prediction[start:end],
+        for part, received_at, future in batch:
+            end = start + len(part)
+            answer = self._answer(served, part, prediction[start:end],
                                   None if score is None else score[start:end], received_at)
             future.set_result(answer)
             start = end
 
-    def _answer(self, served: ServedModel, frame: pd.DataFrame, prediction: Any, score: Any,
+    def _predict_fast(self, fast: FastPipeline, records: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """:func:`predict_once`'s answer through :class:`FastPipeline` (checked equal when it was built)."""
+        prediction, proba = fast.predict(records)
+        score = None
+        config = self.config
+        if config.task == "classification" and len(config.target.labels or []) == 2 and proba is not None:
+            classes = list(fast.final.classes_)
+            if config.positive_label in classes:
+                score = proba[:, classes.index(config.positive_label)]
+        return prediction, score
+
+    def _answer(self, served: ServedModel, records: list[dict[str, Any]], prediction: Any, score: Any,
                 received_at: datetime) -> dict[str, Any]:
         answers = []
         stored = []
-        features = frame[self.config.feature_names].to_dict("records")
-        for i, key in enumerate(frame["row_id"]):
+        names = self.config.feature_names
+        ts = received_at.isoformat()
+        for i, record in enumerate(records):
+            key = record["row_id"]
             value = _json_safe(prediction[i])
             answer: dict[str, Any] = {"key": key, "prediction": value}
             if score is not None:
                 answer["score"] = float(score[i])
             answers.append(answer)
-            stored.append({"row_id": key, "ts": received_at.isoformat(), "features": features[i],
+            # Null numerical features are stored as NaN, as the frame path stored them.
+            features = {name: (math.nan if record[name] is None and name in self._numerical else record[name])
+                        for name in names}
+            stored.append({"row_id": key, "ts": ts, "features": features,
                            "prediction": value, "score": answer.get("score"), "model_version": served.version})
         self.writer.submit(stored)
         return {"model": self.config.name, "version": served.version, "predictions": answers}

@@ -697,3 +697,57 @@ def test_webhook_moves_the_service_at_once_and_a_forged_one_gets_401(mlflow_serv
 
     assert server.stop() == 0
     assert webhook_id not in [h.webhook_id for h in world.registry.client.list_webhooks()]
+
+
+# ---- the NumPy fast path ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimator", [
+    {"class": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.5, "max_iter": 300}},
+    {"class": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimators": 5, "max_depth": 3}},
+    {"class": "sklearn.ensemble.HistGradientBoostingClassifier", "params": {"max_iter": 10}},
+])
+def test_fast_path_gives_the_pipelines_numbers_or_is_not_used(home, estimator):
+    """Same predictions and scores as ``ml.training.predict`` on rows with nulls and unseen categories;
+    a pipeline it does not know (native categorical encoding) is scored by the pipeline itself."""
+    import yaml
+
+    from ml.config import load_config
+    from ml.serving import FastPipeline, ModelHolder, ScoringService, ServedModel, parse_records, records_frame
+
+    raw = yaml.safe_load((ROOT / "models" / "credit_default.yaml").read_text())
+    raw["estimator"] = estimator
+    path = home / "credit_default.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    model = fit_full(config, _labelled(CreditDefaultSimulator(seed=0, rows_per_period=150), [0, 1]))
+    fast = FastPipeline.compile(model, config)
+    if "HistGradientBoosting" in estimator["class"]:
+        assert fast is None
+        return
+    assert fast is not None
+    features = CreditDefaultSimulator(seed=5, rows_per_period=200).batch(0).features
+    rows = features.drop(columns=["row_id", "ts"]).to_dict("records")
+    rows[0]["income"] = None
+    rows[1]["employment_type"] = None
+    rows[2]["home_ownership"] = "houseboat"  # never seen in training
+    records = parse_records({"rows": [{"key": f"k{i}", **r} for i, r in enumerate(rows)]}, config)
+    expected_prediction, expected_score = predict(config, model, records_frame(records, config))
+    served = ServedModel(name=config.name, version=1, alias=CHAMPION, model=model, loaded_at=None, data_start=None,
+                         data_end=None, verdict="promoted", fast=fast)
+    prediction, score = ScoringService(config, ModelHolder(), None)._predict_fast(served.fast, records)
+    assert prediction.tolist() == expected_prediction.tolist()
+    np.testing.assert_allclose(score, expected_score, rtol=1e-12, atol=1e-15)
+
+
+def test_fast_path_refuses_a_pipeline_it_would_get_wrong(home, config):
+    """A fitted step it does not model (here: scaling switched off after the fit) is caught by the probe
+    comparison, not served with other numbers."""
+    from ml.serving import FastPipeline
+
+    model = fit_full(config, _labelled(CreditDefaultSimulator(seed=0, rows_per_period=150), [0, 1]))
+    assert FastPipeline.compile(model, config) is not None
+    scaler = model.named_steps["preprocess"].named_transformers_["num"].named_steps["scale"]
+    fast = FastPipeline(model, config)
+    scaler.scale_ = scaler.scale_ * 2  # the pipeline changes under the compiled copy
+    assert "preprocessing" in fast._disagreement(config)
