@@ -113,6 +113,9 @@ def promoted(model: str, outcome: dict[str, Any], *, candidate: dict[str, Any] |
     version = outcome["champion"]
     parts = [p for p in (_why(candidate, decision), _gain(evaluation)) if p]
     summary = f"{model} v{version} promoted" + (f": {', '.join(parts)}" if parts else "")
+    if outcome.get("refit_of") is not None:
+        summary += (f"; a refit of v{outcome['refit_of']} (which the gate judged) on its training rows plus the "
+                    "holdout")
     if outcome.get("forced"):
         summary += f"; forced past the gate by {actor or 'a person'}" + (f": {reason}" if reason else "")
     if (outcome.get("approval") or {}).get("line"):  # a person approved it (promotion.approval: required)

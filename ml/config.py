@@ -346,11 +346,20 @@ class WindowsSpec(_Strict):
     holdout: Duration = timedelta(days=1)
     # Reference for drift: the champion's own training window, or a fixed span before `current`.
     reference: Literal["champion_training"] | Duration = "champion_training"
+    # A full retrain that answers no drift episode learns from up to this much labelled history
+    # (not before the last drift onset on record) instead of `training`: with nothing changed, older
+    # rows are more data, not stale data. None: always `training`.
+    max_training: Duration | None = None
 
     @field_validator("current", "training", "holdout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
         return _positive(parse_duration(value))
+
+    @field_validator("max_training", mode="before")
+    @classmethod
+    def _optional_duration(cls, value: Any) -> Any:
+        return None if value is None else _positive(parse_duration(value))
 
     @field_validator("reference", mode="before")
     @classmethod
@@ -364,6 +373,11 @@ class WindowsSpec(_Strict):
             raise ValueError(
                 f"holdout: windows.holdout ({format_duration(self.holdout)}) must be shorter than the "
                 f"training window (windows.training, {format_duration(self.training)})"
+            )
+        if self.max_training is not None and self.max_training < self.training:
+            raise ValueError(
+                f"max_training: windows.max_training ({format_duration(self.max_training)}) widens the training "
+                f"window, so it must be at least windows.training ({format_duration(self.training)})"
             )
         return self
 
@@ -446,6 +460,10 @@ class PromotionGate(_Strict):
     bootstrap_samples: int = Field(default=1000, ge=BOOTSTRAP_SAMPLES_MIN, le=BOOTSTRAP_SAMPLES_MAX)
     # Fewer labelled rows than this in the holdout and the gate gives no verdict (the run fails).
     min_holdout_rows: int = Field(default=30, ge=1)
+    # Once the gate blesses a candidate, fit the same estimator again on its training rows plus the
+    # holdout it was judged on and promote that version (a refit of the blessed one): the newest rows
+    # are no longer given up for the gate. False: the blessed candidate itself is promoted.
+    refit: bool = False
     # "required": a candidate that passed the gate waits for a person to approve it in Airflow's
     # Required Actions page before it is promoted; no answer within approval_timeout rejects it.
     approval: Literal["required", "none"] = "none"
@@ -627,6 +645,9 @@ class ModelConfig(_Strict):
             cls = self.estimator.load_class()
         except ValueError as exc:
             raise ValueError(f"estimator.class: {exc}") from exc
+        if self.promotion.refit and self.promotion.gate != "holdout":
+            raise ValueError(f"promotion.refit: refits a candidate on the holdout it was judged on; the "
+                             f"'{self.promotion.gate}' gate keeps no holdout (its candidate learns every row)")
         if self.training.strategy == "incremental" and not hasattr(cls, "partial_fit"):
             raise ValueError(
                 f"training.strategy: 'incremental' needs an estimator with partial_fit; "

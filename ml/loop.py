@@ -31,6 +31,7 @@ from ml.policy import (
     choose_outcome,
     drift_onset,
     guard_verdict,
+    last_drift_onset,
     training_start,
 )
 from ml.ports import ModelRegistry, RowStore, Tracker
@@ -539,8 +540,9 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
     )
 
 
-def _drift_onset(ctx: Context, as_of: datetime, share: float) -> datetime | None:
-    """Earlier checks come from the audit log's run entries (each records its as_of and drift share)."""
+def _drift_history(ctx: Context, as_of: datetime) -> list[tuple[datetime, float | None]]:
+    """Earlier checks, oldest first, as (start of their current window, drift share), from the audit
+    log's run entries (each records its as_of and drift share)."""
     current = ctx.config.windows.current
     # Only checks made while there was a champion: a check without one compared two arbitrary spans.
     history = [
@@ -550,7 +552,12 @@ def _drift_onset(ctx: Context, as_of: datetime, share: float) -> datetime | None
         and e["details"].get("checked_champion", 0) is not None
     ]
     history.sort(key=lambda item: item[0])
-    return drift_onset(history, (as_of - current, share), ctx.config.triggers.drift_share)
+    return history
+
+
+def _drift_onset(ctx: Context, as_of: datetime, share: float) -> datetime | None:
+    current = ctx.config.windows.current
+    return drift_onset(_drift_history(ctx, as_of), (as_of - current, share), ctx.config.triggers.drift_share)
 
 
 def _candidate_times(ctx: Context) -> dict[int, datetime]:
@@ -645,7 +652,15 @@ def train_candidate(ctx: Context, run: RunInfo, decision: dict[str, Any], check:
                               min_rows=config.training.min_rows)
         model = fit_incremental(config, ctx.registry.load_model(champion.version), train)
     else:
-        after, clipped = training_start(config, holdout_start, None if until else decision.get("train_after"))
+        # Widening (windows.max_training) stops at the newest drift onset on record, this check's included.
+        last_onset = None
+        if config.windows.max_training is not None and config.triggers.drift_share is not None and not until:
+            history = _drift_history(ctx, as_of)
+            if champion is not None:  # a check without a champion compared two arbitrary spans
+                history.append((as_of - config.windows.current, (check.get("drift") or {}).get("drift_share")))
+            last_onset = last_drift_onset(history, config.triggers.drift_share)
+        after, clipped = training_start(config, holdout_start, None if until else decision.get("train_after"),
+                                        widen=True, last_onset=last_onset)
         notes += clipped
         train = load_labelled(ctx, after=after, until=holdout_start, known_at=as_of, window="training",
                               min_rows=config.training.min_rows)
@@ -678,7 +693,7 @@ def _version_of_run(ctx: Context, run_id: str) -> dict[str, Any] | None:
     if not ctx.registry.exists():
         return None
     for info in ctx.registry.versions():
-        if info.tag("dag_run_id") == run_id:
+        if info.tag("dag_run_id") == run_id and not info.tag("refit_of"):  # a refit is not the run's candidate
             window = {"rows": info.tag("data_rows"), "start": info.tag("data_start"), "end": info.tag("data_end"),
                       "content_hash": info.tag("data_hash")}
             logged_run = info.tag("mlflow_run_id")
@@ -783,8 +798,12 @@ def _version_description(config: ModelConfig, run: RunInfo, candidate: dict[str,
 
 def promote(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any],
             approval: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Make the candidate champion. ``approval``: the approval task's response when the model
-    requires one (:func:`approval_answer`); the move is then recorded as the approver's."""
+    """Make the candidate champion; with ``promotion.refit`` and a candidate the gate blessed (not
+    one forced past it), first refit it on its training rows plus the holdout and promote the refit
+    in its place (:func:`refit_candidate`). A refit that cannot be made promotes the blessed
+    candidate itself, and the result, the log and the version page say why. ``approval``: the
+    approval task's response when the model requires one (:func:`approval_answer`); the move is
+    then recorded as the approver's."""
     forced = evaluation["verdict"] != "promote"
     reasons = list(evaluation["reasons"])
     if forced:
@@ -797,7 +816,18 @@ def promote(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: d
         run = replace(run, actor=answer["by"])
         reasons.insert(0, answer["line"])
         ctx.registry.set_tags(int(candidate["version"]), _approval_tags(answer))
-    version = int(candidate["version"])
+    blessed = int(candidate["version"])
+    refit = None
+    current = ctx.registry.champion()
+    # A candidate a newer champion superseded is not refitted: the promotion below rejects it.
+    if ctx.config.promotion.refit and not forced and not (current is not None and current > blessed):
+        refit = refit_candidate(ctx, run, candidate, evaluation)
+    version = refit["version"] if refit and refit.get("version") else blessed
+    if refit and refit.get("error"):
+        note = f"> **Not refitted:** {refit['error']}; the blessed v{blessed} is promoted as the gate judged it."
+        current_text = ctx.registry.description(blessed)
+        if "**Not refitted:**" not in current_text:
+            ctx.registry.describe(blessed, f"{note}\n\n{current_text}")
     if forced:
         # The description still shows the gate's verdict; say plainly who overrode it and why.
         current = ctx.registry.description(version)
@@ -806,20 +836,108 @@ def promote(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: d
             ctx.registry.describe(version, f"> **Promoted by force** by {run.actor or 'a person'}, past the gate: {why}\n\n"
                                            + current)
     result = ctx.registry.promote(version, run_id=run.run_id, actor=run.actor, reasons=reasons,
-                                  forced=forced, data_time=_time(candidate["as_of"]))
+                                  forced=forced, data_time=_time(candidate["as_of"]),
+                                  refit_of=blessed if version != blessed else None)
     if result.get("action") == "rejected":  # a newer version became champion while this one waited
         log.info("v%s not promoted: superseded by v%s", version, result.get("superseded_by"))
     else:
         log.info("promoted v%s (previous champion %s)%s", result["champion"], result["previous_champion"],
                  " [forced]" if forced else "")
     out = {**result, "forced": forced, "links": ctx.tracker.version_links(result["champion"])}
+    if refit is not None:
+        out["refit"] = refit
     if answer is not None:
         out["approval"] = answer
     from ml import alerts
 
     _headline(ctx, version, alerts.promoted(ctx.config.name, out, candidate=candidate, evaluation=evaluation,
                                             actor=run.actor, reason=run.param("reason")).summary)
+    if version != blessed and result.get("action") == "promoted":
+        _headline(ctx, blessed, f"{ctx.config.name} v{blessed} passed the gate and was refitted: v{version}, the same "
+                                f"estimator on its training rows plus the holdout, was promoted in its place")
     return out
+
+
+def refit_candidate(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """``promotion.refit``: the candidate the gate blessed, fitted again with the same estimator and
+    params on its own training rows plus the holdout it was judged on (an incremental candidate:
+    warm-started further on the holdout), registered as a new version tagged ``refit_of`` and
+    marked challenger. Returns ``{"version", "refit_of", "rows", ...}``; ``{"error"}`` when it cannot
+    be made from the rows as they are (the training rows changed since, too few rows, one class):
+    the caller then promotes the blessed candidate. Any other error fails the step (and the champion
+    stays). A retried task reuses the refit its first attempt registered."""
+    from ml import tracking
+    from ml.evaluation import EvaluationResult
+
+    config = ctx.config
+    blessed = int(candidate["version"])
+    for info in ctx.registry.versions():
+        if info.tag("refit_of") == str(blessed) and info.tag("dag_run_id") == run.run_id:
+            log.info("refit: reusing v%s registered by this run's earlier attempt", info.version)
+            return {"version": info.version, "refit_of": blessed, "rows": info.tag("data_rows"), "reused": True}
+    as_of = _time(candidate["as_of"])
+    window = candidate["window"]
+    try:
+        start, end = labelled_split(ctx, as_of)
+        holdout = load_labelled(ctx, after=start, until=end, known_at=as_of, window="holdout",
+                                min_rows=config.promotion.min_holdout_rows)
+        if candidate["strategy"] == "incremental":
+            model = fit_incremental(config, ctx.registry.load_model(blessed), holdout)
+            rows = holdout
+            learned = data_window(holdout, config)
+            learned = DataWindow(int(window["rows"]) + learned.rows, window["start"], learned.end, learned.content_hash)
+        else:
+            train = load_labelled(ctx, after=_time(window["start"]) - timedelta(microseconds=1),
+                                  until=_time(window["end"]), known_at=as_of, window="refit training",
+                                  min_rows=config.training.min_rows)
+            if data_window(train, config).content_hash != window["content_hash"]:
+                raise TrainingError(f"v{blessed}'s training rows changed since it was trained (hash "
+                                    f"{window['content_hash']}; rows quarantined or relabelled since?)")
+            rows = pd.concat([train, holdout[~holdout["row_id"].isin(train["row_id"])]], ignore_index=True)
+            model = fit_full(config, rows)
+            learned = data_window(rows, config)
+    except (TrainingError, DataValidationError) as exc:
+        log.warning("refit of v%s not made, promoting it as blessed: %s", blessed, exc)
+        return {"error": f"refit of v{blessed} not made: {exc}"}
+    summary = (f"refit of v{blessed} on its {window['rows']} training rows plus the {len(holdout)} holdout rows "
+               f"the gate judged it on")
+    decision = {"kind": candidate["trigger"], "reasons": list(candidate["reasons"]), "summary": summary,
+                "refit_of": blessed}
+    logged = ctx.tracker.log_candidate(run_id=run.run_id, model=model, train=rows, strategy=candidate["strategy"],
+                                       decision=decision, check={"drift": {}, "report_path": None}, window=learned,
+                                       as_of=as_of)
+    version = ctx.registry.register(logged)
+    metric = config.promotion.metric
+    tags = {
+        "trigger": candidate["trigger"], "reasons": "; ".join(candidate["reasons"]), "dag_run_id": run.run_id,
+        "mlflow_run_id": logged.run_id, "model_source": ctx.registry.source(version),
+        "strategy": candidate["strategy"], "git_commit": tracking.git_commit(),
+        "data_rows": learned.rows, "data_start": learned.start, "data_end": learned.end,
+        "data_hash": learned.content_hash, "data_time": as_of.isoformat(), "notes": summary,
+        "refit_of": blessed,
+        # Its holdout is in its training rows: the level it is watched against is the blessed
+        # candidate's score on that holdout (what triggers.drop_reference "evaluation" reads).
+        f"eval_{metric}": evaluation["challenger"], "eval_of": blessed,
+    }
+    ctx.registry.mark_challenger(version, tags, run_id=run.run_id, actor=run.actor)
+    ctx.registry.describe(version, "\n".join([
+        "### Why this version exists",
+        (f"- **Refit of v{blessed}**, which passed the gate: the same estimator and params on v{blessed}'s "
+        f"training rows plus the {len(holdout)} newest labelled rows the gate judged it on, so promoting it "
+        "gives up no rows to the holdout (`promotion.refit`)."),
+        f"- **Trigger of v{blessed}:** `{candidate['trigger']}`",
+        *[f"- {reason}" for reason in candidate["reasons"]],
+        f"- **Trained on:** {learned.rows} rows, {learned.start} .. {learned.end} (hash `{learned.content_hash}`)",
+        (f"- **Its level:** v{blessed}'s holdout {metric} {evaluation['challenger']:.4f}: this version has no "
+        "holdout of its own; the post-promotion guard watches it on the rows it serves."),
+        "",
+        f"### The gate's comparison (of v{blessed})",
+        EvaluationResult.from_dict(evaluation).table_markdown(),
+        f"\nConfig: `{Path(config.source or '').name}` · Airflow run: `{run.run_id}`",
+    ]))
+    log.info("refit v%s of v%s on %s rows %s..%s", version, blessed, learned.rows, learned.start, learned.end)
+    return {"version": version, "refit_of": blessed, "rows": learned.rows, "window": learned.to_dict(),
+            "links": ctx.tracker.version_links(version)}
 
 
 def _headline(ctx: Context, version: int, line: str) -> None:
@@ -977,6 +1095,7 @@ def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None
         "evaluation": (evaluation or {}).get("summary"),
         "verdict": (evaluation or {}).get("verdict"),
         "action": outcome["action"] if outcome else "skipped",
+        "refit_version": ((outcome or {}).get("refit") or {}).get("version"),  # promotion.refit's, promoted instead
         "approval": ((outcome or {}).get("approval") or {}).get("line"),
         "guard": (guard or {}).get("action"),
         "guard_reason": (guard or {}).get("reason"),

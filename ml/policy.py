@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from ml.config import ModelConfig
+from ml.config import ModelConfig, format_duration
 
 
 def as_utc(value: Any) -> datetime:
@@ -28,16 +28,30 @@ def guard_verdict(config: ModelConfig, live: float, before: float) -> str:
     return "rollback" if worse_by > config.rollback.allowed_drop else "keep"
 
 
-def training_start(config: ModelConfig, holdout_start: datetime, train_after: str | None) -> tuple[datetime, list[str]]:
+def training_start(config: ModelConfig, holdout_start: datetime, train_after: str | None, *, widen: bool = False,
+                   last_onset: datetime | None = None) -> tuple[datetime, list[str]]:
     """Start (exclusive) of a full retrain's window: ``windows.training`` before the holdout, or the
     drift onset ``train_after`` when that is later (answering a drift episode: learn only from rows
-    after it began). Returns the start and a note when it was clipped."""
+    after it began). With ``widen`` and ``windows.max_training`` set, a retrain that answers no drift
+    episode learns from up to ``max_training`` before the holdout instead, but not from before
+    ``last_onset`` (the newest drift onset on record: rows before a change are another world); the
+    window never gets narrower than ``windows.training``. Returns the start and a note when it was
+    clipped or widened."""
     after = holdout_start - config.windows.training
     if train_after:
         onset = as_utc(train_after)
         if onset > after:
             return onset, [f"training window clipped to the drift onset {onset:%Y-%m-%d %H:%M}"]
-    return after, []
+        return after, []
+    widest = config.windows.max_training
+    if not widen or widest is None or widest <= config.windows.training:
+        return after, []
+    start, why = holdout_start - widest, f"windows.max_training ({format_duration(widest)})"
+    if last_onset is not None and as_utc(last_onset) > start:
+        start, why = as_utc(last_onset), f"the last drift onset on record ({as_utc(last_onset):%Y-%m-%d %H:%M})"
+    if start >= after:
+        return after, []
+    return start, [f"no drift episode: training window widened to {why}"]
 
 
 def choose_outcome(evaluation: dict[str, Any], force: bool) -> str:
@@ -62,3 +76,15 @@ def drift_onset(
         onset = min(onset, start)
     return onset
 
+
+def last_drift_onset(history: list[tuple[datetime, float | None]], threshold: float | None) -> datetime | None:
+    """Onset of the newest drift episode in ``history`` (as for :func:`drift_onset`: earlier checks
+    as (start of their current window, drift share), oldest first), over or not; None if no check
+    reached ``threshold``."""
+    if threshold is None:
+        return None
+    for i in range(len(history) - 1, -1, -1):
+        share = history[i][1]
+        if share is not None and share >= threshold:
+            return drift_onset(history[:i], history[i], threshold)
+    return None

@@ -33,6 +33,8 @@ PREVIOUS = "previous-champion"
 INTENT_PROMOTE = "promote_requested"
 INTENT_ROLLBACK = "rollback_requested"
 COMPLETIONS = ("promoted", "rejected", "rolled_back")
+# Audit action (and verdict tag) of a blessed candidate whose refit was promoted in its place.
+REFITTED = "refitted"
 ABANDONED = "move_abandoned"
 TAG = "driftline."
 STAGE_FOR_ALIAS = {CHAMPION: "Production", CHALLENGER: "Staging"}
@@ -41,7 +43,7 @@ _DETAILS_LIMIT = 7900  # MLflow's tag value limit is 8000 characters on SQL stor
 DETAILS = TAG + "details"
 # Own tags in the versions table: why it exists, the verdict, the headline metric and gain, its
 # data window, the Airflow run. Everything else is in DETAILS.
-SHOWN = frozenset({"trigger", "verdict", "data_start", "data_end", "dag_run_id", "promoted_at"})
+SHOWN = frozenset({"trigger", "verdict", "data_start", "data_end", "dag_run_id", "promoted_at", "refit_of"})
 _EVAL_DETAILS = frozenset({"eval_champion", "eval_ci_low", "eval_ci_high", "eval_rows", "eval_verdict"})
 _Move = TypeVar("_Move", bound=Callable[..., Any])
 
@@ -277,24 +279,37 @@ class Registry:
         reasons: list[str],
         forced: bool = False,
         data_time: datetime | None = None,
+        refit_of: int | None = None,
     ) -> dict[str, Any]:
         """Make ``version`` the champion. Order: an intent entry in the audit log (what was decided),
         point ``previous-champion`` at the old champion, move ``champion`` (one atomic write), then
         tag the winner, clear ``challenger``, mirror stages, and the completion entry. A crash
         anywhere leaves the old champion (or the new one) in place, and a re-run, or the next run's
-        :meth:`unfinished_moves`, finishes the job."""
+        :meth:`unfinished_moves`, finishes the job.
+
+        ``refit_of``: ``version`` is a refit of that blessed candidate (``promotion.refit``). It is
+        ordered as the candidate (a champion registered after the candidate supersedes its refit
+        too), and once the alias moved the candidate is tagged ``refitted`` with an audit entry
+        naming the refit, so its page and the audit log say what became of it."""
         current = self.champion()
-        if current is not None and current > version:
-            why = (f"superseded: v{current}, registered after v{version}, became champion before this "
+        intent = self._intent(INTENT_PROMOTE, version, run_id)
+        decided = (intent or {}).get("details") or {}
+        refit_of = decided.get("refit_of", refit_of)
+        ordered = version if refit_of is None else int(refit_of)
+        if current is not None and current != version and current > ordered:
+            why = (f"superseded: v{current}, registered after v{ordered}, became champion before this "
                    f"promotion could be made")
             result = self.reject(version, run_id=run_id, actor=actor, reasons=[why])
+            if refit_of is not None and self.info(int(refit_of)).tag("verdict") == "pending":
+                self.reject(int(refit_of), run_id=run_id, actor=actor, reasons=[why])
             return {**result, "previous_champion": self.version_for(PREVIOUS), "superseded_by": current}
-        intent = self._intent(INTENT_PROMOTE, version, run_id)
         if current != version:
             # The intent first: a move that dies half-way is visible in the audit log and the next run
             # finishes it (resume_moves), with what was decided (reasons, force, the version replaced).
             if intent is None:
                 details = {"replacing": current, "reasons": reasons, "forced": forced, "data_time": _iso(data_time)}
+                if refit_of is not None:
+                    details["refit_of"] = refit_of
                 self._audit_once(INTENT_PROMOTE, version, run_id=run_id, actor=actor, details=details)
                 intent = self._intent(INTENT_PROMOTE, version, run_id)
             checkpoint("promote:intended")
@@ -321,14 +336,22 @@ class Registry:
             },
         )
         checkpoint("promote:tagged")
+        if refit_of is not None:
+            blessed = int(refit_of)
+            self.set_tags(blessed, {"verdict": REFITTED, "refit_version": version})
+            self._clear_challenger(blessed)
+            self._audit_once(REFITTED, blessed, run_id=run_id, actor=actor, details={"refit_version": version})
         self._clear_challenger(version)
         checkpoint("promote:challenger_cleared")
         self.sync_stages()
         checkpoint("promote:stages_synced")
         details = {"previous_champion": replaced, "reasons": list(decided.get("reasons", reasons)),
                    "forced": decided.get("forced", forced)}
+        if refit_of is not None:
+            details["refit_of"] = refit_of
         self._audit_once("promoted", version, run_id=run_id, actor=actor, details=details)
-        return {"action": "promoted", "champion": version, "previous_champion": replaced}
+        out = {"action": "promoted", "champion": version, "previous_champion": replaced}
+        return out if refit_of is None else {**out, "refit_of": int(refit_of)}
 
     @_locked
     def reject(self, version: int, *, run_id: str | None, actor: str | None, reasons: list[str]) -> dict[str, Any]:
@@ -471,7 +494,7 @@ class Registry:
         if intent["action"] == INTENT_PROMOTE:
             data_time = datetime.fromisoformat(d["data_time"]) if d.get("data_time") else None
             return self.promote(version, run_id=run_id, actor=intent["actor"], reasons=list(d.get("reasons", [])),
-                                forced=bool(d.get("forced")), data_time=data_time)
+                                forced=bool(d.get("forced")), data_time=data_time, refit_of=d.get("refit_of"))
         return self.rollback(version, run_id=run_id, actor=intent["actor"], reason=d.get("reason", ""),
                              automatic=bool(d.get("automatic")))
 

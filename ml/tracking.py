@@ -130,8 +130,11 @@ class MlflowTracker:
         pred, score = predict(config, model, train)
         train_metric = compute_metric(config.promotion.metric, train["label"], pred, score,
                                       pos_label=config.positive_label)
-        with mlflow.start_run(experiment_id=experiment,
-                              run_name=f"candidate {decision['kind']} {as_of:%Y-%m-%d %H:%M}") as active:
+        refit_of = decision.get("refit_of")  # a refit of a blessed candidate (promotion.refit)
+        name = f"refit of v{refit_of}" if refit_of is not None else f"candidate {decision['kind']}"
+        with mlflow.start_run(experiment_id=experiment, run_name=f"{name} {as_of:%Y-%m-%d %H:%M}") as active:
+            if refit_of is not None:
+                mlflow.set_tags({"driftline.refit_of": str(refit_of)})
             mlflow.set_tags({
                 "driftline.kind": "candidate", "driftline.dag_run_id": run_id, "driftline.trigger": decision["kind"],
                 "driftline.reasons": "; ".join(decision["reasons"])[:4900], "driftline.git_commit": git_commit(),
@@ -147,7 +150,8 @@ class MlflowTracker:
             mlflow.log_dict(config.snapshot(), "config/model_config.json")
             if check.get("report_path") and Path(check["report_path"]).exists():
                 mlflow.log_artifact(check["report_path"], "drift")
-            mlflow.log_dict(check["drift"], "drift/drift.json")
+            if check.get("drift"):  # a refit runs no drift check of its own
+                mlflow.log_dict(check["drift"], "drift/drift.json")
             # skops with the types Driftline trusts (ml/modelio.py); cloudpickle only for a model with
             # a type outside them, said in a tag. Keep MLflow's pickle notice out of task logs.
             trusted = modelio.trusted_types(model)

@@ -783,3 +783,36 @@ def test_shadow_gate_and_serving_shadow_options(tmp_path):
     assert "serving.shadow" in error
     _, error = _bad(tmp_path, lambda d: d.update(serving={"canary": 0.1}))
     assert "serving.canary" in error
+
+
+@pytest.mark.parametrize("max_training, ok", [("2d", False), ("4d", True), ("12w", True), ("0d", False), (None, True)])
+def test_max_training_widens_the_training_window_only(tmp_path, max_training, ok):
+    def patch(d):
+        d["windows"]["max_training"] = max_training  # training: 4d
+
+    if ok:
+        data = copy.deepcopy(BASE)
+        patch(data)
+        windows = load_config(_write(tmp_path, data)).windows
+        assert windows.max_training == (None if max_training is None else parse_duration(max_training))
+        return
+    _, message = _bad(tmp_path, patch)
+    assert "field 'windows.max_training'" in message
+    assert "must be at least windows.training (4d)" in message or "must be positive" in message
+
+
+def test_refit_is_off_unless_asked(tmp_path):
+    data = copy.deepcopy(BASE)
+    assert load_config(_write(tmp_path, data)).promotion.refit is False
+    data["promotion"]["refit"] = True
+    assert load_config(_write(tmp_path, data)).promotion.refit is True
+    _, message = _bad(tmp_path, lambda d: d["promotion"].__setitem__("refit", "sometimes"))
+    assert "field 'promotion.refit'" in message
+
+
+def test_refit_needs_the_holdout_gate(tmp_path):
+    def patch(d):
+        d["promotion"].update(refit=True, gate="shadow")
+
+    _, message = _bad(tmp_path, patch)
+    assert "field 'promotion.refit'" in message and "'shadow' gate keeps no holdout" in message

@@ -421,3 +421,208 @@ def test_details_tag_shortens_long_values_instead_of_breaking_its_json():
     assert len(text) <= 7900
     values = json.loads(text)
     assert values["strategy"] == "full" and values["reasons"].endswith("…")
+
+
+# ---- promotion.refit and windows.max_training -----------------------------------------------------
+
+
+def _with(config, **sections):
+    """``config`` with some fields of its sections replaced, e.g. promotion={"refit": True}."""
+    return config.model_copy(update={name: getattr(config, name).model_copy(update=values)
+                                     for name, values in sections.items()})
+
+
+def _steps_to_evaluation(ctx: loop.Context, info: loop.RunInfo) -> tuple[dict, dict]:
+    """The continuous-training steps up to the gate's verdict (what run_cycle does before promote)."""
+    assert loop.guard_champion(ctx, info)["action"] == "keep"
+    check = loop.check_drift(ctx, info, loop.validate_windows(ctx, info), keep_report=False)
+    decision = loop.decide(ctx, info, check)
+    candidate = loop.train_candidate(ctx, info, decision, check)
+    return candidate, loop.evaluate_candidate(ctx, info, candidate)
+
+
+def test_refit_promotes_the_blessed_candidate_refitted_on_training_plus_holdout(config, stream):
+    from ml.registry import UnblessedModelError
+
+    sim, frame = stream
+    cfg = _with(config, promotion={"refit": True})
+    ctx = context(cfg, frame)
+    upto(ctx, frame, sim.period_start(DAYS))
+    out = loop.run_cycle(ctx, run(1))
+    blessed, refit = out["candidate"]["version"], out["promote"]["refit"]["version"]
+    assert out["evaluation"]["verdict"] == "promote" and (blessed, refit) == (1, 2)
+    assert ctx.registry.champion() == refit and out["promote"]["refit_of"] == blessed
+    assert out["record"]["champion_version"] == refit and out["record"]["refit_version"] == refit
+    # It learned the candidate's training rows plus the holdout the gate judged on: up to the newest label.
+    b, r = ctx.registry.info(blessed), ctx.registry.info(refit)
+    holdout_rows = out["evaluation"]["n_rows"]
+    assert int(r.tag("data_rows")) == int(b.tag("data_rows")) + holdout_rows
+    assert r.tag("data_start") == b.tag("data_start")
+    as_of = pd.Timestamp(out["windows"]["as_of"]).to_pydatetime()
+    assert pd.Timestamp(r.tag("data_end")) == pd.Timestamp(ctx.store.latest_labelled_ts(cfg.name, known_at=as_of))
+    assert pd.Timestamp(r.tag("data_end")) > pd.Timestamp(b.tag("data_end"))
+    # Lineage both ways, on the tags and on each version's page.
+    assert r.tag("refit_of") == str(blessed) and b.tag("refit_version") == str(refit)
+    assert (b.tag("verdict"), r.tag("verdict")) == ("refitted", "promoted")
+    assert r.tag_float(f"eval_{cfg.promotion.metric}") == pytest.approx(out["evaluation"]["challenger"])
+    assert ctx.registry.description(refit).startswith(f"**v{refit} promoted: time retrain")
+    assert f"**Refit of v{blessed}**" in ctx.registry.description(refit)
+    assert ctx.registry.description(blessed).startswith(f"**v{blessed} passed the gate and was refitted: v{refit}")
+    assert [(e["action"], e["version"]) for e in ctx.store.audit_log(cfg.name)] == [
+        ("registered", blessed), ("registered", refit), ("promote_requested", refit), ("refitted", blessed),
+        ("promoted", refit), ("run", refit)]
+    assert [v.version for v in ctx.registry.versions() if v.aliases] == [refit]  # no challenger left behind
+    # The refit serves; the blessed original, never promoted, does not.
+    ctx.registry.check_blessed(refit, serving=True)
+    with pytest.raises(UnblessedModelError, match="never promoted"):
+        ctx.registry.check_blessed(blessed, serving=True)
+    upto(ctx, frame, sim.period_start(DAYS) + timedelta(days=1))
+    assert loop.score(ctx, run(2))["champion"] == refit
+
+
+def test_refit_is_watched_by_the_guard_like_any_champion(config, stream):
+    sim, frame = stream
+    cfg = _with(config, promotion={"refit": True}, rollback={"min_labelled_rows": 50})
+    ctx = context(cfg, frame)
+    upto(ctx, frame, sim.period_start(DAYS - 3))
+    loop.run_cycle(ctx, run(1))
+    first = ctx.registry.champion()
+    upto(ctx, frame, sim.period_start(DAYS - 2))
+    loop.score(ctx, run(2))
+    out = loop.run_cycle(ctx, run(3, retrain=True, force=True, reason="test"))
+    # Forced past the gate: promoted as judged (a person overrode the gate; nothing to refit).
+    if out["evaluation"]["verdict"] != "promote":
+        assert "refit" not in out["promote"] and ctx.registry.champion() == out["candidate"]["version"]
+    champion = ctx.registry.champion()
+    assert champion != first
+    upto(ctx, frame, sim.period_start(DAYS))
+    loop.score(ctx, run(4))
+    guard = loop.guard_champion(ctx, run(5))
+    assert guard["champion"] == champion and guard["target"] == first and guard["rows"] >= 50
+
+
+def test_a_forced_promotion_is_not_refitted(config, stream):
+    sim, frame = stream
+    cfg = _with(config, promotion={"refit": True, "floor": 0.99})  # the gate rejects every candidate
+    ctx = context(cfg, frame)
+    upto(ctx, frame, sim.period_start(DAYS))
+    out = loop.run_cycle(ctx, run(1, retrain=True, force=True, reason="test"))
+    assert out["evaluation"]["verdict"] == "reject" and out["promote"]["forced"] is True
+    assert "refit" not in out["promote"] and ctx.registry.champion() == out["candidate"]["version"]
+    assert [v.version for v in ctx.registry.versions()] == [out["candidate"]["version"]]
+
+
+def test_a_refit_that_cannot_be_made_promotes_the_blessed_candidate_and_says_so(config, stream):
+    sim, frame = stream
+    cfg = _with(config, promotion={"refit": True})
+    ctx = context(cfg, frame)
+    upto(ctx, frame, sim.period_start(DAYS))
+    info = run(1)
+    candidate, evaluation = _steps_to_evaluation(ctx, info)
+    assert evaluation["verdict"] == "promote"
+    # Between the gate and the promotion a training row is taken out: the refit would not learn the
+    # rows the candidate did, so none is made.
+    first = ctx.store.load(cfg.name, cfg.feature_names, labelled_only=True)["row_id"].iloc[0]
+    ctx.store.quarantine(cfg.name, ids=[first], reason="test")
+    out = loop.promote(ctx, info, candidate, evaluation)
+    version = candidate["version"]
+    assert out["action"] == "promoted" and ctx.registry.champion() == version
+    assert "training rows changed since it was trained" in out["refit"]["error"]
+    assert [v.version for v in ctx.registry.versions()] == [version]  # no refit version registered
+    assert ctx.registry.info(version).tag("verdict") == "promoted"
+    assert "**Not refitted:** refit of v1 not made" in ctx.registry.description(version)
+
+
+def test_a_retried_promote_reuses_the_refit_it_registered(config, stream, monkeypatch):
+    sim, frame = stream
+    cfg = _with(config, promotion={"refit": True})
+    ctx = context(cfg, frame)
+    upto(ctx, frame, sim.period_start(DAYS))
+    info = run(1)
+    candidate, evaluation = _steps_to_evaluation(ctx, info)
+    real = type(ctx.registry).promote
+
+    def down(*args, **kwargs):
+        raise RuntimeError("registry down")
+
+    monkeypatch.setattr(type(ctx.registry), "promote", down)
+    with pytest.raises(RuntimeError, match="registry down"):
+        loop.promote(ctx, info, candidate, evaluation)
+    monkeypatch.setattr(type(ctx.registry), "promote", real)
+    assert ctx.registry.champion() is None and len(ctx.registry.versions()) == 2
+    out = loop.promote(ctx, info, candidate, evaluation)  # the task's retry
+    assert out["refit"]["reused"] is True and ctx.registry.champion() == out["refit"]["version"] == 2
+    assert len(ctx.registry.versions()) == 2
+    # A retried train task still finds the run's candidate, not its refit.
+    assert loop.train_candidate(ctx, info, {"kind": "time", "reasons": []}, {})["version"] == candidate["version"]
+
+
+def test_a_refit_superseded_by_a_newer_champion_is_rejected_with_its_candidate(config, stream):
+    from ml.ports import LoggedModel
+
+    sim, frame = stream
+    ctx = context(_with(config, promotion={"refit": True}), frame)
+    upto(ctx, frame, sim.period_start(DAYS))
+    model = ctx.registry.load_model  # noqa: F841 (the registry keeps fitted models by version)
+    registry = ctx.registry
+    trained = loop.run_cycle(ctx, run(1))["promote"]["refit"]["version"]
+    blessed = registry.register(LoggedModel("memory", "b", None, None, registry.models[trained]))
+    registry.mark_challenger(blessed, {"mlflow_run_id": "b", "model_source": ""}, run_id="late", actor=None)
+    refit = registry.register(LoggedModel("memory", "r", None, None, registry.models[trained]))
+    registry.mark_challenger(refit, {"mlflow_run_id": "r", "model_source": "", "refit_of": blessed},
+                             run_id="late", actor=None)
+    newer = registry.register(LoggedModel("memory", "n", None, None, registry.models[trained]))
+    registry.promote(newer, run_id="other", actor=None, reasons=["newer"])
+    # The refit's own number is above the champion's, but it stands for the older candidate.
+    newest = registry.register(LoggedModel("memory", "x", None, None, registry.models[trained]))
+    assert refit < newer < newest
+    result = registry.promote(refit, run_id="late", actor=None, reasons=["gate"], refit_of=blessed)
+    assert result["action"] == "rejected" and result["superseded_by"] == newer
+    assert registry.champion() == newer
+    assert (registry.info(refit).tag("verdict"), registry.info(blessed).tag("verdict")) == ("rejected", "rejected")
+
+
+def test_widening_trains_on_up_to_max_training_when_no_drift_episode_is_answered(config, stream):
+    sim, frame = stream
+    wide = _with(config, windows={"training": timedelta(days=2), "max_training": timedelta(days=4)})
+    narrow = _with(config, windows={"training": timedelta(days=2)})
+    starts, notes = {}, {}
+    for name, cfg in (("wide", wide), ("narrow", narrow)):
+        ctx = context(cfg, frame)
+        upto(ctx, frame, sim.period_start(DAYS))
+        out = loop.run_cycle(ctx, run(1))
+        info = ctx.registry.info(out["candidate"]["version"])
+        starts[name] = pd.Timestamp(info.tag("data_start"))
+        as_of = pd.Timestamp(out["windows"]["as_of"]).to_pydatetime()
+        holdout_start = pd.Timestamp(ctx.store.latest_labelled_ts(cfg.name, known_at=as_of)) - cfg.windows.holdout
+        notes[name] = info.tag("notes")
+    assert starts["narrow"] >= holdout_start - timedelta(days=2)
+    assert holdout_start - timedelta(days=4) < starts["wide"] < holdout_start - timedelta(days=3)
+    assert notes == {"wide": "no drift episode: training window widened to windows.max_training (4d)", "narrow": ""}
+
+
+def test_training_start_widens_only_without_a_drift_episode():
+    from ml.config import parse_config
+    from ml.policy import last_drift_onset, training_start
+
+    cfg = parse_config({
+        "name": "m", "task": "regression", "features": [{"name": "x", "kind": "numerical"}], "target": {"name": "y"},
+        "estimator": {"class": "sklearn.linear_model.Ridge"},
+        "windows": {"training": "4w", "holdout": "2d", "max_training": "12w"}, "promotion": {"metric": "mae"},
+    })
+    holdout = datetime(2026, 6, 1, tzinfo=UTC)
+    week = timedelta(weeks=1)
+    assert training_start(cfg, holdout, None) == (holdout - 4 * week, [])  # the replay's baselines: never wider
+    start, notes = training_start(cfg, holdout, None, widen=True)
+    assert start == holdout - 12 * week and notes == ["no drift episode: training window widened to windows.max_training (12w)"]
+    # A drift episode being answered: from its onset, as without the option.
+    onset = holdout - week
+    assert training_start(cfg, holdout, onset.isoformat(), widen=True)[0] == onset
+    assert training_start(cfg, holdout, (holdout - 8 * week).isoformat(), widen=True)[0] == holdout - 4 * week
+    # An older drift onset on record stops the widening there, never narrower than windows.training.
+    assert training_start(cfg, holdout, None, widen=True, last_onset=holdout - 6 * week)[0] == holdout - 6 * week
+    assert training_start(cfg, holdout, None, widen=True, last_onset=holdout - week) == (holdout - 4 * week, [])
+    history = [(holdout - 9 * week, 0.1), (holdout - 8 * week, 0.5), (holdout - 7 * week, 0.6),
+               (holdout - 6 * week, 0.2), (holdout - 5 * week, None)]
+    assert last_drift_onset(history, 0.3) == holdout - 8 * week
+    assert last_drift_onset(history, None) is None and last_drift_onset(history[:1], 0.3) is None

@@ -1018,3 +1018,62 @@ def test_a_stored_model_naming_an_untrusted_type_is_not_loaded(fresh):
     assert mlflow.sklearn.load_model(f"models:/{NAME}/{version}") is not None  # MLflow would read it
     with pytest.raises(modelio.UntrustedModelError, match="system"):
         r.load_model(version)
+
+
+# ---- promotion.refit through the real registry ------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_refit_is_promoted_through_mlflow_and_loads_for_serving(fresh, config, monkeypatch):
+    """The whole run with ``promotion.refit`` on a real MLflow store: the refit of the blessed
+    candidate is registered, promoted and served; a crash right after its alias moved is finished
+    by the next run's guard, with the candidate's record written once."""
+    from ml.registry import REFITTED, UnblessedModelError
+
+    cfg = config.model_copy(update={"promotion": config.promotion.model_copy(update={"refit": True})})
+    sim = CreditDefaultSimulator(seed=3, rows_per_period=150)
+    store = Store(get_settings().store_url)
+    for period in range(4):
+        batch = sim.batch(period)
+        store.add_observations(cfg.name, batch.features, cfg.feature_names)
+        store.add_labels(cfg.name, batch.labels)
+    as_of = store.latest_ts(cfg.name).isoformat()
+    crashed = {"promote:tagged"}
+
+    def crash_once(step: str) -> None:
+        if step in crashed:
+            crashed.discard(step)
+            raise Crash(step)
+
+    monkeypatch.setattr(registry, "checkpoint", crash_once)
+    trace: dict = {}
+    with pytest.raises(Crash):
+        loop.run_cycle(loop.Context.open(cfg), loop.RunInfo("refit-run", actor="alice", params={"as_of": as_of}),
+                       trace=trace)
+    blessed = trace["candidate"]["version"]
+    r = open_registry(cfg.name)
+    refit = r.champion()  # the alias moved before the crash; the candidate's record is still to write
+    assert refit == blessed + 1 and r.info(blessed).tag("verdict") == "pending"
+    assert [e["action"] for e in r.unfinished_moves()] == [registry.INTENT_PROMOTE]
+
+    guard = loop.guard_champion(loop.Context.open(cfg), loop.RunInfo("next-run", params={"as_of": as_of}))
+    assert [(m["action"], m["version"]) for m in guard["resumed"]] == [("promoted", refit)]
+    r = open_registry(cfg.name)
+    b, v = r.info(blessed), r.info(refit)
+    assert (b.tag("verdict"), v.tag("verdict"), v.tag("refit_of"), b.tag("refit_version")) == (
+        REFITTED, "promoted", str(blessed), str(refit))
+    assert v.tags[TAG + "refit_of"] == str(blessed)  # its own column in MLflow's versions table
+    assert f"**Refit of v{blessed}**" in r.description(refit)
+    assert (b.stage, v.stage) == ("Archived", "Production") and aliases(r)[CHALLENGER] is None
+    assert [e["version"] for e in store.audit_log(cfg.name, [REFITTED])] == [blessed]
+    assert int(v.tag("data_rows")) > int(b.tag("data_rows"))
+    # MLflow's run of the refit says what it is.
+    assert tracking.client().get_run(v.run_id).data.tags["driftline.refit_of"] == str(blessed)
+
+    # Serving: the refit loads (it was promoted by Driftline); the blessed original never does.
+    monkeypatch.setattr(registry, "checkpoint", lambda step: None)
+    later = sim.batch(4)
+    store.add_observations(cfg.name, later.features, cfg.feature_names)
+    assert loop.score(loop.Context.open(cfg), loop.RunInfo("score-run")) == {"scored": 150, "champion": refit}
+    with pytest.raises(UnblessedModelError, match="never promoted"):
+        open_registry(cfg.name).load_model(blessed, serving=True)
