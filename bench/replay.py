@@ -54,6 +54,10 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "safety_net": {"triggers": {"max_model_age": "26w"}},
     "label_free": {"triggers": {"max_relative_drop": None, "metric_floor": None, "max_model_age": None,
                                 "drift_share": 0.3}},
+    # Refit the candidate the gate blessed on its training rows plus the holdout (promotion.refit).
+    "refit": {"promotion": {"refit": True}},
+    # Retrains that answer no drift episode learn from up to 8 weeks (twice the 4-week window).
+    "widen_window": {"windows": {"max_training": "8w"}},
     # Candidates judged in shadow on the next rows (min_shadow_rows labelled) instead of a holdout.
     "shadow_gate": {"promotion": {"gate": "shadow"}},
 }
