@@ -227,6 +227,7 @@ class Stack:
         self.started_at: float | None = None  # when start() began: progress lines count from it
         self.airflow_home: Path | None = None
         self.new_password: str | None = None  # set when this start generated the admin's password
+        self._spawn: Callable[[str, list[str]], subprocess.Popen] | None = None
 
     def check_ports(self) -> str | None:
         """None if every port is free, else which one is taken."""
@@ -279,7 +280,10 @@ class Stack:
 
         spawn("mlflow", mlflow_server_command(settings, self.mlflow_port))
         spawn("airflow", [env.airflow_bin(), "standalone"])
-        self.scoring.start(spawn)
+        # The scoring services start once MLflow answers (wait_ready): on a new state folder the server
+        # creates mlflow.db, and a second process migrating the same SQLite file at the same time left
+        # it half-migrated, the service failing every poll.
+        self._spawn = spawn
 
     def wait_ready(self, timeout: float = 300, say: Callable[[str], None] = lambda line: print(line, flush=True),
                    settle: float = 60) -> bool:
@@ -300,6 +304,8 @@ class Stack:
             health = _get_json(f"{self.airflow_url}/api/v2/monitor/health")
             if health is not None:
                 now_up |= {"Airflow api-server", *healthy_components(health)}
+            if "MLflow" in seen | now_up and self._spawn is not None and not self.scoring.procs:
+                self.scoring.start(self._spawn)
             now_up |= {self.scoring.label(model) for model in self.scoring.up()}
             for line in progress_lines(seen, now_up, time.monotonic() - started):
                 say(line)
