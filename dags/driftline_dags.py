@@ -134,6 +134,8 @@ def build_continuous_training(cfg: ModelConfig):
     asset = new_labels_asset(cfg.name)
     # Only a model that requires approval gets the approval tasks.
     approval = cfg.promotion.approval == "required"
+    # Only a model with the shadow gate gets its tasks (judge the challenger in shadow; await_shadow).
+    shadow = cfg.promotion.gate == "shadow"
     if cfg.triggers.schedule:
         schedule = AssetOrTimeSchedule(timetable=CronTriggerTimetable(cfg.triggers.schedule, timezone="UTC"),
                                        assets=asset)
@@ -186,6 +188,30 @@ def build_continuous_training(cfg: ModelConfig):
         @task(on_success_callback=notify.on_outcome(cfg, "guard_rollback"))
         def rollback_champion(guard: dict) -> dict:
             return _published(_step(cfg, loop.rollback_on_guard, _run_info(), guard))
+
+        @task.branch(trigger_rule=JOIN,
+                     doc_md=f"The shadow gate: once {cfg.promotion.min_shadow_rows} of the rows the `challenger` "
+                            "scored in shadow beside the champion are labelled, both are compared on them (paired "
+                            "bootstrap, as the holdout gate) -> `promote_challenger` or `reject_challenger`; "
+                            "until then `shadow_waits`.")
+        def shadow_gate() -> str:
+            result = _step(cfg, loop.evaluate_shadow, _run_info())
+            get_current_context()["ti"].xcom_push(key="shadow", value=result)
+            if result["status"] != "evaluated":
+                return "shadow_waits"
+            return f"{loop.choose_outcome(result['evaluation'], False)}_challenger"
+
+        @task(on_success_callback=notify.on_outcome(cfg, "promote"),
+              doc_md="The challenger beat the champion on the rows both scored: it becomes `champion`.")
+        def promote_challenger() -> dict:
+            judged = _pull("shadow_gate", "shadow")
+            return _published(_step(cfg, loop.promote, _run_info(), judged["candidate"], judged["evaluation"]))
+
+        @task(on_success_callback=notify.on_outcome(cfg, "reject"),
+              doc_md="The challenger did not beat the champion on the rows both scored: tagged `rejected`.")
+        def reject_challenger() -> dict:
+            judged = _pull("shadow_gate", "shadow")
+            return _published(_step(cfg, loop.reject, _run_info(), judged["candidate"], judged["evaluation"]))
 
         @task(trigger_rule=JOIN, doc_md="Pins the run's as_of and checks each window before use; a bad batch "
                                         "stops the run here.")
@@ -259,16 +285,28 @@ def build_continuous_training(cfg: ModelConfig):
             # downstream task it does not choose), and training, evaluation and the move are
             # skipped on the skip branch (an argument from a skipped task cannot be resolved).
             outcome = _pull("promote") or _pull("reject") or (_pull("not_approved") if approval else None)
+            judged = (_pull("promote_challenger") or _pull("reject_challenger")) if shadow else None
             return _step(cfg, loop.record, _run_info(), guard=_pull("guard_champion", "guard"), check=check,
                          decision=_pull("decide", "decision"), candidate=_pull("train_candidate"),
-                         evaluation=_pull("evaluate_candidate"), outcome=outcome)
+                         evaluation=_pull("evaluate_candidate"), outcome=outcome,
+                         shadow=_pull("shadow_gate", "shadow") if shadow else None, shadow_outcome=judged)
 
         guard = guard_champion()
         restore, keep = rollback_champion(guard["guard"]), EmptyOperator(task_id="keep_champion")
         guard >> Label("worse than the previous champion") >> restore
         guard >> Label("keep") >> keep
         windows = validate_windows()
-        [restore, keep] >> windows
+        if shadow:
+            judge = shadow_gate()
+            [restore, keep] >> judge
+            judged = {"promote": promote_challenger(), "reject": reject_challenger(),
+                      "wait": EmptyOperator(task_id="shadow_waits", doc_md="No verdict yet (or no challenger).")}
+            judge >> Label("challenger better on the shadow rows") >> judged["promote"]
+            judge >> Label("not better") >> judged["reject"]
+            judge >> Label("waiting for labels") >> judged["wait"]
+            list(judged.values()) >> windows
+        else:
+            [restore, keep] >> windows
         check = check_drift(windows)
         decision = decide(check)
         candidate = train_candidate()
@@ -279,11 +317,15 @@ def build_continuous_training(cfg: ModelConfig):
         [marker for task_id, marker in markers.items() if marker is not skip] >> candidate
         evaluation = evaluate_candidate(candidate)
         outcome = gate(candidate, evaluation)
+        # With the shadow gate the candidate goes into shadow; a later run's shadow_gate judges it.
+        waiting = [EmptyOperator(task_id="await_shadow", doc_md="In shadow beside the champion.")] if shadow else []
+        for marker in waiting:
+            outcome >> Label("into shadow") >> marker
         promoted, rejected = promote(candidate, evaluation), reject(candidate, evaluation)
         outcome >> Label("gate failed") >> rejected
         if not approval:
             outcome >> Label("gate passed (or forced)") >> promoted
-            [promoted, rejected, skip] >> record(check)
+            [promoted, rejected, skip, *waiting] >> record(check)
         else:
             # A person decides: the request waits in Browse -> Required Actions, holding no worker slot.
             ask = approvals.AwaitApproval(
@@ -296,7 +338,7 @@ def build_continuous_training(cfg: ModelConfig):
             outcome >> Label("forced by a person") >> promoted
             ask >> Label("approved") >> promoted
             ask >> Label("rejected or no answer") >> declined
-            [promoted, rejected, declined, skip] >> record(check)
+            [promoted, rejected, declined, skip, *waiting] >> record(check)
 
     return continuous_training()
 

@@ -115,7 +115,10 @@ class AlertNotifier(BaseNotifier):
         params = context.get("params") or {}
         actor = (getattr(dag_run, "triggering_user_name", None) or str(getattr(dag_run, "run_type", ""))) or None
         facts: dict[str, Any] = {"actor": actor, "reason": params.get("reason") or None}
-        if self.step in ("promote", "reject"):
+        if self.step in ("promote", "reject") and ti.task_id.endswith("_challenger"):
+            judged = ti.xcom_pull(task_ids="shadow_gate", key="shadow") or {}  # the shadow gate's verdict
+            facts |= {"candidate": judged.get("candidate"), "evaluation": judged.get("evaluation"), "decision": None}
+        elif self.step in ("promote", "reject"):
             facts |= {"candidate": ti.xcom_pull(task_ids="train_candidate"),
                       "evaluation": ti.xcom_pull(task_ids="evaluate_candidate"),
                       "decision": ti.xcom_pull(task_ids="decide", key="decision")}

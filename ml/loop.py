@@ -28,6 +28,7 @@ from ml import registry as reg
 from ml.config import APPROVAL_APPROVE, APPROVAL_REJECT, ModelConfig, format_duration
 from ml.policy import (
     as_utc,
+    candidate_gate,
     choose_outcome,
     drift_onset,
     guard_verdict,
@@ -291,8 +292,8 @@ def guard_champion(ctx: Context, run: RunInfo) -> dict[str, Any]:
     }
 
 
-def _scores(rows: pd.DataFrame) -> Any:
-    score = rows["score"]
+def _scores(rows: pd.DataFrame, column: str = "score") -> Any:
+    score = rows[column]
     return None if score.isna().any() else score.to_numpy()
 
 
@@ -611,6 +612,14 @@ def decide(ctx: Context, run: RunInfo, check: dict[str, Any]) -> dict[str, Any]:
         decision = Decision(
             "none", decision.reasons, held_back=(f"dry run: would retrain ({decision.kind})",), force=decision.force
         )
+    pending = shadow_challenger(ctx)
+    if decision.retrain and pending is not None:
+        # One challenger at a time: the alias names one version, and a second candidate would be
+        # judged against a champion the first may replace.
+        held = (f"challenger v{pending.version} is in shadow: no other candidate is trained until the shadow "
+                f"gate judges it ({decision.kind} retrain held)")
+        decision = Decision("none", decision.reasons, held_back=(*decision.held_back, held), force=decision.force,
+                            not_run=decision.not_run)
     # A retrain answers the announced labels, whatever kind won; they are consumed by record, once
     # the run got that far (a failed training leaves them pending for the next run).
     events = [e["id"] for e in ctx.store.pending_events(config.name)] if decision.retrain else []
@@ -643,6 +652,10 @@ def train_candidate(ctx: Context, run: RunInfo, decision: dict[str, Any], check:
     strategy = run.param("strategy", "config")
     strategy = config.training.strategy if strategy == "config" else strategy
     champion = champion_info(ctx)
+    gate = candidate_gate(config, champion is not None, bool(decision.get("force")))
+    if gate == "shadow":
+        # Judged later on the rows that come next, not on a holdout: it trains up to the newest label.
+        holdout_start = labelled_split(ctx, as_of, until)[1]
     notes = []
     if strategy == "incremental" and champion is None:
         strategy, notes = "full", ["no champion to warm-start: trained in full"]
@@ -679,13 +692,13 @@ def train_candidate(ctx: Context, run: RunInfo, decision: dict[str, Any], check:
         "mlflow_run_id": logged.run_id, "model_source": ctx.registry.source(version), "strategy": strategy,
         "git_commit": tracking.git_commit(),
         "data_rows": window.rows, "data_start": window.start, "data_end": window.end, "data_hash": window.content_hash,
-        "data_time": as_of.isoformat(), "notes": "; ".join(notes),
+        "data_time": as_of.isoformat(), "notes": "; ".join(notes), "gate": gate,
     }
     ctx.registry.mark_challenger(version, tags, run_id=run.run_id, actor=run.actor)
     log.info("trained v%s (%s, %s rows %s..%s)", version, strategy, window.rows, window.start, window.end)
     return {"version": version, "mlflow_run_id": logged.run_id, "experiment_id": logged.experiment_id,
             "strategy": strategy, "window": window.to_dict(), "as_of": as_of.isoformat(), "trigger": decision["kind"],
-            "reasons": list(decision["reasons"]), "force": bool(decision.get("force")),
+            "reasons": list(decision["reasons"]), "force": bool(decision.get("force")), "gate": gate,
             "links": ctx.tracker.candidate_links(logged.experiment_id, logged.run_id, version)}
 
 
@@ -694,15 +707,21 @@ def _version_of_run(ctx: Context, run_id: str) -> dict[str, Any] | None:
         return None
     for info in ctx.registry.versions():
         if info.tag("dag_run_id") == run_id and not info.tag("refit_of"):  # a refit is not the run's candidate
-            window = {"rows": info.tag("data_rows"), "start": info.tag("data_start"), "end": info.tag("data_end"),
-                      "content_hash": info.tag("data_hash")}
-            logged_run = info.tag("mlflow_run_id")
-            experiment = ctx.tracker.experiment_of(logged_run)
-            return {"version": info.version, "mlflow_run_id": logged_run, "experiment_id": experiment,
-                    "strategy": info.tag("strategy"), "window": window, "as_of": info.tag("data_time"),
-                    "trigger": info.tag("trigger"), "reasons": (info.tag("reasons") or "").split("; "),
-                    "links": ctx.tracker.candidate_links(experiment, logged_run, info.version)}
+            return _candidate_of(ctx, info)
     return None
+
+
+def _candidate_of(ctx: Context, info: Any) -> dict[str, Any]:
+    """A registered candidate as :func:`train_candidate` returned it, read back from its tags."""
+    window = {"rows": info.tag("data_rows"), "start": info.tag("data_start"), "end": info.tag("data_end"),
+              "content_hash": info.tag("data_hash")}
+    logged_run = info.tag("mlflow_run_id")
+    experiment = ctx.tracker.experiment_of(logged_run)
+    return {"version": info.version, "mlflow_run_id": logged_run, "experiment_id": experiment,
+            "strategy": info.tag("strategy"), "window": window, "as_of": info.tag("data_time"),
+            "trigger": info.tag("trigger"), "reasons": (info.tag("reasons") or "").split("; "),
+            "gate": info.tag("gate") or "holdout",
+            "links": ctx.tracker.candidate_links(experiment, logged_run, info.version)}
 
 
 def _model_description(config: ModelConfig) -> str:
@@ -715,9 +734,9 @@ def _model_description(config: ModelConfig) -> str:
 
 def evaluate_candidate(ctx: Context, run: RunInfo, candidate: dict[str, Any]) -> dict[str, Any]:
     """Champion and challenger on the same newest labelled holdout that neither trained on."""
-    from ml.evaluation import evaluate_candidate as gate_candidate
-
     config = ctx.config
+    if candidate.get("gate") == "shadow":
+        return _into_shadow(ctx, run, candidate)
     as_of = _time(candidate["as_of"])
     # The holdout is always the newest labelled span, also when training was moved into the past.
     start, end = labelled_split(ctx, as_of)
@@ -733,21 +752,41 @@ def evaluate_candidate(ctx: Context, run: RunInfo, candidate: dict[str, Any]) ->
         if champion.data_end and champion.data_end > start:
             notes.append(f"the champion trained on part of this holdout (its data ends {champion.data_end:%Y-%m-%d %H:%M}): "
                          "its score is optimistic, which favours keeping it")
-    gate = config.promotion
-    result = gate_candidate(
-        metric=gate.metric, y_true=holdout["label"], challenger_pred=challenger_pred,
-        challenger_score=challenger_score, champion_pred=champion_pred, champion_score=champion_score,
-        challenger_version=version, champion_version=champion.version if champion else None,
-        min_improvement=gate.min_improvement, significance=gate.significance, floor=gate.floor,
-        n_resamples=gate.bootstrap_samples, seed=config.training.random_state, pos_label=config.positive_label,
-    )
+    result = _gate(config, holdout["label"], (challenger_pred, challenger_score), (champion_pred, champion_score),
+                   version, champion.version if champion else None)
     if champion is None and result.verdict == "promote":
         lost = _champion_lost(ctx)
         if lost:
             # Fail closed: a model that had a champion and now has none lost it outside Driftline (or a
             # registry fault); no candidate takes its place without a person (force).
             result = replace(result, verdict="reject", reasons=(*result.reasons, f"no champion failed: {lost}"))
-    description = _version_description(config, run, candidate, result, holdout, notes)
+    evaluated_on = (f"{len(holdout)} newest labelled rows, {holdout['ts'].min():%Y-%m-%d %H:%M} .. "
+                    f"{holdout['ts'].max():%Y-%m-%d %H:%M}")
+    return _judged(ctx, run, candidate, result, evaluated_on, notes, champion)
+
+
+def _gate(config: ModelConfig, y_true: Any, challenger: tuple[Any, Any], champion: tuple[Any, Any],
+          version: int, champion_version: int | None) -> Any:
+    """The promotion gate (:func:`ml.evaluation.evaluate_candidate`) with the model's settings, for
+    the holdout and the shadow gate alike: (prediction, score) of each model on the same rows."""
+    from ml.evaluation import evaluate_candidate as gate_candidate
+
+    gate = config.promotion
+    return gate_candidate(
+        metric=gate.metric, y_true=y_true, challenger_pred=challenger[0], challenger_score=challenger[1],
+        champion_pred=champion[0], champion_score=champion[1], challenger_version=version,
+        champion_version=champion_version, min_improvement=gate.min_improvement, significance=gate.significance,
+        floor=gate.floor, n_resamples=gate.bootstrap_samples, seed=config.training.random_state,
+        pos_label=config.positive_label,
+    )
+
+
+def _judged(ctx: Context, run: RunInfo, candidate: dict[str, Any], result: Any, evaluated_on: str,
+            notes: list[str], champion: ChampionInfo | None) -> dict[str, Any]:
+    """The gate's verdict written where people look: the version's description and tags, the
+    candidate's run (through the tracker), the log; returned as the step's result."""
+    config, gate, version = ctx.config, ctx.config.promotion, int(candidate["version"])
+    description = _version_description(config, run, candidate, result, evaluated_on, notes)
     ctx.registry.describe(version, description)
     ctx.registry.set_tags(version, {
         f"eval_{gate.metric}": result.challenger, "eval_champion": result.champion, "eval_improvement": result.improvement,
@@ -778,7 +817,7 @@ def _live_history(ctx: Context) -> list[tuple[datetime, float]]:
 
 
 def _version_description(config: ModelConfig, run: RunInfo, candidate: dict[str, Any], result: Any,
-                         holdout: pd.DataFrame, notes: list[str]) -> str:
+                         evaluated_on: str, notes: list[str]) -> str:
     window = candidate["window"]
     lines = [
         "### Why this version exists",
@@ -786,7 +825,7 @@ def _version_description(config: ModelConfig, run: RunInfo, candidate: dict[str,
         *[f"- {reason}" for reason in candidate["reasons"]],
         f"- **Strategy:** {candidate['strategy']}",
         f"- **Trained on:** {window['rows']} rows, {window['start']} .. {window['end']} (hash `{window['content_hash']}`)",
-        f"- **Evaluated on:** {len(holdout)} newest labelled rows, {holdout['ts'].min():%Y-%m-%d %H:%M} .. {holdout['ts'].max():%Y-%m-%d %H:%M}",
+        f"- **Evaluated on:** {evaluated_on}",
         "",
         "### Champion vs challenger",
         result.table_markdown(),
@@ -1071,7 +1110,8 @@ def not_approved(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluati
 
 
 def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None, decision: dict | None,
-           candidate: dict | None, evaluation: dict | None, outcome: dict | None) -> dict[str, Any]:
+           candidate: dict | None, evaluation: dict | None, outcome: dict | None, shadow: dict | None = None,
+           shadow_outcome: dict | None = None) -> dict[str, Any]:
     """One audit entry per run with what a person asks afterwards: what drifted, what was decided,
     what the registry did, and who is champion now."""
     config = ctx.config
@@ -1102,6 +1142,7 @@ def record(ctx: Context, run: RunInfo, *, guard: dict | None, check: dict | None
         "champion_version": ctx.registry.champion(),
         "report_path": (check or {}).get("report_path"),
     }
+    summary.update(_shadow_record(shadow, shadow_outcome, summary, evaluation))
     ctx.store.consume_events((decision or {}).get("events", []), run.run_id)
     ctx.store.audit(config.name, "run", version=summary["champion_version"], actor=run.actor, run_id=run.run_id,
                     details=summary)
@@ -1124,6 +1165,14 @@ def run_cycle(ctx: Context, run: RunInfo, *, keep_report: bool = False,
     out["guard"] = guard_champion(ctx, run)
     if out["guard"]["action"] == "rollback":
         out["rollback"] = rollback_on_guard(ctx, run, out["guard"])
+    out["shadow"] = evaluate_shadow(ctx, run)
+    shadow_outcome = None
+    if out["shadow"]["status"] == "evaluated":
+        judged, verdict = out["shadow"]["candidate"], out["shadow"]["evaluation"]
+        if choose_outcome(verdict, False) == "promote":
+            shadow_outcome = out["shadow_promote"] = promote(ctx, run, judged, verdict)
+        else:
+            shadow_outcome = out["shadow_reject"] = reject(ctx, run, judged, verdict)
     out["windows"] = validate_windows(ctx, run)
     out["check"] = check_drift(ctx, run, out["windows"], keep_report=keep_report)
     out["decision"] = decide(ctx, run, out["check"])
@@ -1144,7 +1193,8 @@ def run_cycle(ctx: Context, run: RunInfo, *, keep_report: bool = False,
         else:
             outcome = out["promote"] = promote(ctx, run, candidate, evaluation, approval=response)
     out["record"] = record(ctx, run, guard=out["guard"], check=out["check"], decision=out["decision"],
-                           candidate=candidate, evaluation=evaluation, outcome=outcome)
+                           candidate=candidate, evaluation=evaluation, outcome=outcome, shadow=out["shadow"],
+                           shadow_outcome=shadow_outcome)
     return out
 
 
@@ -1173,8 +1223,9 @@ def score(ctx: Context, run: RunInfo) -> dict[str, Any]:
         bad = row_problems(rows, config).notna()
         return {"scored": 0, "would_score": int((~bad).sum()), "would_quarantine": int(bad.sum()),
                 "champion": version, "reason": "dry run"}
-    model = None
-    scored = quarantined = 0
+    model = shadow_model = None
+    scored = quarantined = shadowed = 0
+    pending = shadow_challenger(ctx)
     while True:
         rows = ctx.store.load(config.name, config.feature_names, unscored_only=True, ts_after=after, limit=chunk)
         if rows.empty:
@@ -1197,6 +1248,11 @@ def score(ctx: Context, run: RunInfo) -> dict[str, Any]:
         out = pd.DataFrame({"row_id": rows["row_id"], "prediction": list(prediction)})
         if scores is not None:
             out["score"] = scores
+        if pending is not None:
+            # Before the champion's write: a retry after a failure in between re-scores these rows,
+            # and their shadow predictions, first written, stay.
+            shadow_model, count = _score_in_shadow(ctx, pending, shadow_model, rows)
+            shadowed += count
         if not ctx.store.record_predictions(config.name, out, version, rows["ts"].max().to_pydatetime()):
             raise RuntimeError(f"{config.name}: scoring wrote none of {len(out)} predictions (rows gone meanwhile?)")
         scored += len(out)
@@ -1206,4 +1262,117 @@ def score(ctx: Context, run: RunInfo) -> dict[str, Any]:
     result = {"scored": scored, "champion": version}
     if quarantined:
         result["quarantined"] = quarantined
+    if pending is not None:
+        result.update(challenger=pending.version, shadowed=shadowed)
     return result
+
+
+# ---- the shadow gate ----------------------------------------------------------------------------
+
+
+def shadow_challenger(ctx: Context) -> Any:
+    """The ``challenger`` the shadow gate has yet to judge (a :class:`ml.registry.VersionInfo`), or None:
+    a version trained for ``promotion.gate: shadow`` whose verdict is still pending."""
+    if ctx.config.promotion.gate != "shadow":
+        return None
+    version = ctx.registry.version_for(reg.CHALLENGER)
+    if version is None:
+        return None
+    info = ctx.registry.info(version)
+    return info if info.tag("gate") == "shadow" and info.tag("verdict") == "pending" else None
+
+
+def _score_in_shadow(ctx: Context, pending: Any, model: Any, rows: pd.DataFrame) -> tuple[Any, int]:
+    """The challenger's predictions on the rows of this scoring page it could not have trained on
+    (after its data time), stored beside the champion's. Returns the loaded model and how many
+    predictions were new."""
+    config = ctx.config
+    fresh = rows[rows["ts"] > _time(pending.tag("data_time"))]
+    if fresh.empty:
+        return model, 0
+    model = model or ctx.registry.load_model(pending.version)  # the lineage check: Driftline registered it
+    prediction, scores = predict(config, model, fresh)
+    out = pd.DataFrame({"row_id": fresh["row_id"], "prediction": list(prediction)})
+    if scores is not None:
+        out["score"] = scores
+    return model, ctx.store.record_shadow_predictions(config.name, out, pending.version,
+                                                      fresh["ts"].max().to_pydatetime())
+
+
+def _into_shadow(ctx: Context, run: RunInfo, candidate: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation step for a shadow-gated candidate: no verdict yet. Its page and tags say it
+    waits in shadow, and for how many labelled rows."""
+    config, version = ctx.config, int(candidate["version"])
+    champion = champion_info(ctx)
+    need = config.promotion.min_shadow_rows
+    line = (f"pending: v{version} scores in shadow beside champion v{champion.version if champion else '-'}; the "
+            f"gate judges both once {need} of the rows they both score are labelled")
+    window = candidate["window"]
+    ctx.registry.describe(version, "\n".join([
+        f"**{config.name} v{version} in shadow**", "",
+        "### Why this version exists",
+        f"- **Trigger:** `{candidate['trigger']}`",
+        *[f"- {reason}" for reason in candidate["reasons"]],
+        (f"- **Trained on:** {window['rows']} rows, {window['start']} .. {window['end']} (every labelled row: "
+         "the shadow gate gives up no holdout)"),
+        "", "### Champion vs challenger", line,
+        f"\nConfig: `{Path(config.source or '').name}` · Airflow run: `{run.run_id}`",
+    ]))
+    ctx.registry.set_tags(version, {"eval_verdict": "pending", "compared_with": champion.version if champion else ""})
+    log.info("evaluation: %s", line)
+    return {"verdict": "pending", "summary": line, "reasons": [line], "notes": [], "challenger_version": version,
+            "champion_version": champion.version if champion else None, "links": candidate.get("links", {})}
+
+
+def evaluate_shadow(ctx: Context, run: RunInfo) -> dict[str, Any]:
+    """The shadow gate: the pending challenger against the champion on the rows both scored (the
+    champion serving, the challenger in shadow), once ``promotion.min_shadow_rows`` of them are
+    labelled, paired, by the same rule as the holdout gate. Returns ``status``: "off" (holdout
+    gate), "none" (no challenger in shadow), "waiting" (too few labelled rows yet) or "evaluated"
+    (with ``candidate`` and ``evaluation`` for the promote or reject step)."""
+    config = ctx.config
+    if config.promotion.gate != "shadow":
+        return {"status": "off"}
+    pending = shadow_challenger(ctx)
+    if pending is None:
+        return {"status": "none", "summary": "no challenger in shadow"}
+    version, need = pending.version, config.promotion.min_shadow_rows
+    champion = champion_info(ctx)
+    if champion is None:  # fail closed: nothing to compare with (a champion lost outside Driftline)
+        return {"status": "waiting", "version": version, "rows": 0, "need": need,
+                "summary": f"challenger v{version} in shadow, but there is no champion to compare it with"}
+    as_of = resolve_as_of(ctx, run)
+    rows = ctx.store.load_shadow(config.name, config.feature_names, version, champion=champion.version,
+                                 labelled_until=as_of)
+    labelled = rows[rows["label"].notna()]
+    if len(labelled) < need:
+        line = (f"challenger v{version} in shadow beside champion v{champion.version}: {len(labelled)}/{need} of the "
+                f"{len(rows)} rows both scored are labelled")
+        log.info("shadow gate: %s", line)
+        return {"status": "waiting", "version": version, "champion": champion.version, "rows": len(labelled),
+                "shadowed": len(rows), "need": need, "summary": line}
+    labelled = validate_window(labelled, config, window="shadow", require_labels=True)
+    result = _gate(config, labelled["label"], (labelled["shadow_prediction"].to_numpy(),
+                                               _scores(labelled, "shadow_score")),
+                   (labelled["prediction"].to_numpy(), _scores(labelled)), version, champion.version)
+    # Its data time is now: a promotion's probation (the guard, scoring) starts from this run.
+    candidate = {**_candidate_of(ctx, pending), "as_of": as_of.isoformat(), "force": False}
+    evaluated_on = (f"{len(labelled)} labelled rows scored in shadow beside champion v{champion.version}, "
+                    f"{labelled['ts'].min():%Y-%m-%d %H:%M} .. {labelled['ts'].max():%Y-%m-%d %H:%M}")
+    evaluation = _judged(ctx, run, candidate, result, evaluated_on, [], champion)
+    return {"status": "evaluated", "version": version, "rows": len(labelled), "candidate": candidate,
+            "evaluation": evaluation, "summary": evaluation["summary"]}
+
+
+def _shadow_record(shadow: dict | None, outcome: dict | None, summary: dict[str, Any],
+                   evaluation: dict | None) -> dict[str, Any]:
+    """The shadow gate's part of the run's audit entry; a run whose only move was the shadow gate's
+    reads as that move."""
+    shadow = shadow or {}
+    out: dict[str, Any] = {"shadow": shadow.get("summary"), "shadow_version": shadow.get("version"),
+                           "shadow_action": (outcome or {}).get("action")}
+    if (evaluation or {}).get("verdict") == "pending" and summary["action"] == "skipped":
+        out["action"] = "shadow"  # the run's candidate went into shadow
+    elif outcome is not None and summary["action"] == "skipped":
+        out["action"] = outcome["action"]
+    return out

@@ -55,8 +55,18 @@ def training_start(config: ModelConfig, holdout_start: datetime, train_after: st
 
 
 def choose_outcome(evaluation: dict[str, Any], force: bool) -> str:
-    """"promote" when the gate passed, or when a person forced it; else "reject"."""
+    """"promote" when the gate passed, or when a person forced it; "await_shadow" when the shadow
+    gate judges the candidate in a later run; else "reject"."""
+    if evaluation["verdict"] == "pending" and not force:
+        return "await_shadow"
     return "promote" if evaluation["verdict"] == "promote" or force else "reject"
+
+
+def candidate_gate(config: ModelConfig, has_champion: bool, force: bool) -> str:
+    """How a new candidate is judged: "shadow" (``promotion.gate: shadow``, beside a champion, later)
+    or "holdout" (at once). With no champion there is nothing to shadow, and a forced candidate is
+    promoted in its own run: both take the holdout gate."""
+    return "shadow" if config.promotion.gate == "shadow" and has_champion and not force else "holdout"
 
 
 def drift_onset(

@@ -644,6 +644,10 @@ class Driftline(Strategy):
     def _note_events(self, world: World, step: int, trace: dict[str, Any], error: str | None) -> None:
         if "rollback" in trace:
             self.note(world, step, "rollback", trace["guard"]["reason"])
+        judged = trace.get("shadow_promote") or trace.get("shadow_reject")  # the shadow gate's move
+        if judged:
+            kind = "promote" if judged.get("action") == "promoted" else "reject"
+            self.note(world, step, kind, f"in shadow: {(trace.get('shadow') or {}).get('summary', '')}")
         candidate = trace.get("candidate")
         if candidate:
             window = candidate["window"]

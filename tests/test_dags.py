@@ -380,3 +380,25 @@ def test_incremental_strategy_warm_starts_the_champion(scenario):
     # The warm-started model keeps the champion's history in its data window.
     assert info.tag("data_start") == ctx.registry.info(1).tag("data_start")
     assert info.tag("data_end") > ctx.registry.info(1).tag("data_end")
+
+
+def test_shadow_gate_graph_judges_the_challenger_before_the_windows_and_parks_new_candidates(tmp_path, monkeypatch):
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "models" / "credit_default.yaml").read_text())
+    raw.setdefault("promotion", {})["gate"] = "shadow"
+    (tmp_path / "credit_default.yaml").write_text(yaml.safe_dump(raw))
+    bag = _dagbag(tmp_path, monkeypatch)
+    assert bag.import_errors == {}
+    dag = bag.dags[CT]
+    tasks = dag.task_dict
+    assert tasks["shadow_gate"].upstream_task_ids == {"rollback_champion", "keep_champion"}
+    assert tasks["shadow_gate"].downstream_task_ids == {"promote_challenger", "reject_challenger", "shadow_waits"}
+    assert tasks["validate_windows"].upstream_task_ids == {"promote_challenger", "reject_challenger", "shadow_waits"}
+    assert "await_shadow" in tasks["gate"].downstream_task_ids
+    assert "await_shadow" in tasks["record"].upstream_task_ids
+    for joined in ("shadow_gate", "validate_windows", "record"):
+        assert "none_failed_min_one_success" in str(tasks[joined].trigger_rule).lower(), joined
+    assert dag.get_edge_info("shadow_gate", "shadow_waits") == {"label": "waiting for labels"}
+    # the branch task ids the step's verdicts name exist
+    assert {f"{v}_challenger" for v in ("promote", "reject")} <= set(tasks)

@@ -626,3 +626,95 @@ def test_training_start_widens_only_without_a_drift_episode():
                (holdout - 6 * week, 0.2), (holdout - 5 * week, None)]
     assert last_drift_onset(history, 0.3) == holdout - 8 * week
     assert last_drift_onset(history, None) is None and last_drift_onset(history[:1], 0.3) is None
+
+
+# ---- the shadow gate ----------------------------------------------------------------------------
+
+
+def _shadow_config(config, **gate):
+    return config.model_copy(update={"promotion": config.promotion.model_copy(
+        update={"gate": "shadow", "min_shadow_rows": 100, **gate})})
+
+
+def test_shadow_gate_trains_on_every_label_waits_in_shadow_then_judges_on_the_rows_both_scored(config, stream):
+    from ml.evaluation import evaluate_candidate
+
+    sim, frame = stream
+    config = _shadow_config(config)
+    ctx = context(config, frame)
+    upto(ctx, frame, sim.period_start(3))
+    first = loop.run_cycle(ctx, run(1))
+    assert first["shadow"]["status"] == "none"
+    assert first["candidate"]["gate"] == "holdout" and ctx.registry.champion() == 1  # no champion to shadow
+
+    upto(ctx, frame, sim.period_start(4))
+    loop.score(ctx, run(2))
+    out = loop.run_cycle(ctx, run(3, retrain=True, reason="test"))
+    candidate = out["candidate"]
+    assert candidate["gate"] == "shadow" and out["evaluation"]["verdict"] == "pending"
+    assert "promote" not in out and "reject" not in out and out["record"]["action"] == "shadow"
+    assert ctx.registry.champion() == 1 and ctx.registry.version_for("challenger") == candidate["version"]
+    info = ctx.registry.info(candidate["version"])
+    assert info.tag("verdict") == "pending" and info.tag("gate") == "shadow"
+    # No holdout given up: it learned up to the newest label known at as_of.
+    latest = ctx.store.latest_labelled_ts(config.name, known_at=pd.Timestamp(out["windows"]["as_of"]))
+    assert pd.Timestamp(info.tag("data_end")) == pd.Timestamp(latest)
+
+    upto(ctx, frame, sim.period_start(5))
+    scored = loop.score(ctx, run(4))
+    assert scored["challenger"] == candidate["version"] and scored["shadowed"] == scored["scored"] > 0
+    paired = ctx.store.load_shadow(config.name, config.feature_names, candidate["version"])
+    assert len(paired) == scored["shadowed"] and (paired["model_version"] == 1).all()  # the champion's stay
+    assert (paired["ts"] > pd.Timestamp(info.tag("data_time"))).all()
+    waiting = loop.run_cycle(ctx, run(5, retrain=True, reason="again"))
+    assert waiting["shadow"]["status"] == "waiting" and waiting["shadow"]["rows"] == 0
+    assert "0/100" in waiting["shadow"]["summary"]
+    assert "candidate" not in waiting and any("is in shadow" in h for h in waiting["decision"]["held_back"])
+    assert any("is in shadow" in h for h in waiting["record"]["held_back"])
+
+    upto(ctx, frame, sim.period_start(6))
+    loop.score(ctx, run(6))
+    judged = loop.run_cycle(ctx, run(7))
+    assert judged["shadow"]["status"] == "evaluated"
+    evaluation = judged["shadow"]["evaluation"]
+    as_of = pd.Timestamp(judged["windows"]["as_of"])
+    rows = ctx.store.load_shadow(config.name, config.feature_names, candidate["version"], champion=1,
+                                 labelled_until=as_of, labelled_only=True)
+    assert evaluation["n_rows"] == len(rows) >= 100
+    # The holdout gate's own function on the paired rows gives the same verdict and interval.
+    same = evaluate_candidate(metric=config.promotion.metric, y_true=rows["label"],
+                              challenger_pred=rows["shadow_prediction"].to_numpy(),
+                              challenger_score=rows["shadow_score"].to_numpy(), champion_pred=rows["prediction"].to_numpy(),
+                              champion_score=rows["score"].to_numpy(), min_improvement=config.promotion.min_improvement,
+                              significance=config.promotion.significance, floor=config.promotion.floor,
+                              n_resamples=config.promotion.bootstrap_samples, seed=config.training.random_state,
+                              pos_label=config.positive_label)
+    assert (evaluation["verdict"], evaluation["ci_low"], evaluation["improvement"]) == (
+        same.verdict, same.ci_low, same.improvement)
+    moved = judged.get("shadow_promote") or judged.get("shadow_reject")
+    assert moved["action"] == {"promote": "promoted", "reject": "rejected"}[same.verdict]
+    # The hold is lifted in the same run: a new candidate may follow it into shadow.
+    follower = (judged.get("candidate") or {}).get("version")
+    assert ctx.registry.version_for("challenger") == follower != candidate["version"]
+    assert ctx.registry.info(candidate["version"]).tag("verdict") == moved["action"]
+    assert judged["record"]["shadow_action"] == moved["action"] and judged["record"]["shadow_version"] == 2
+    audit = [e["action"] for e in ctx.store.audit_log(config.name) if e["version"] == candidate["version"]]
+    assert moved["action"] in audit
+    assert "shadow" in ctx.registry.description(candidate["version"])
+
+
+def test_shadow_gate_holds_no_candidate_under_the_holdout_gate_and_a_forced_run_is_judged_at_once(config, stream):
+    sim, frame = stream
+    ctx = context(_shadow_config(config), frame)
+    upto(ctx, frame, sim.period_start(3))
+    loop.run_cycle(ctx, run(1))
+    upto(ctx, frame, sim.period_start(4))
+    loop.score(ctx, run(2))
+    forced = loop.run_cycle(ctx, run(3, force=True, reason="a person says so"))
+    assert forced["candidate"]["gate"] == "holdout" and forced["promote"]["action"] == "promoted"
+    assert loop.shadow_challenger(ctx) is None
+    # the default gate: nothing in shadow, no shadow scoring
+    plain = context(config, frame)
+    upto(plain, frame, sim.period_start(4))
+    assert loop.run_cycle(plain, run(1))["shadow"] == {"status": "off"}
+    assert "shadowed" not in loop.score(plain, run(2))
