@@ -190,6 +190,26 @@ def test_readme_demo_sample_tells_what_the_demo_does(scenario):
 
 
 @pytest.mark.integration
+def test_demo_shows_live_traffic_following_both_registry_moves(scenario):
+    """The demo's driftline serve answered before each move with the old champion and after it with
+    the new one, within a poll and a load of the move (a generous bound: the machine may be busy), and
+    its rows are stored but quarantined: the later runs' data time stayed the simulated one."""
+    from ml.store import Store
+
+    online = scenario["summary"]["serving"]["online_steps"]
+    assert [(o["period"], o["from_version"], o["to_version"]) for o in online] == [(13, 2, 5), (15, 5, 2)]
+    for step in online:
+        assert step["ok"], step
+        assert step["before"]["versions"] == [step["from_version"]] and step["after"]["versions"] == [step["to_version"]]
+        assert 0 < step["swap_seconds"] < 30, step
+    assert sum(1 for line in scenario["lines"] if line.strip().startswith("online:")) == 4  # live + timeline
+    store = Store(scenario["summary"]["store_url"])
+    quarantined = [q for q in store.quarantined("credit_default") if q["row_id"].startswith("online-")]
+    assert len(quarantined) == 4 * 8
+    assert store.latest_ts("credit_default").year == 2026 and store.latest_ts("credit_default").month == 1
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("period", "branch", "action"),
     [
