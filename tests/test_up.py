@@ -1,6 +1,6 @@
 """``driftline up`` (what ``make up`` runs) and ``driftline up --celery`` as a user runs them: the
-command starts its stack, prints the UIs' addresses once they answer, and Ctrl-C stops every
-process it started (exit 0, ports free again)."""
+command starts its stack, prints the UIs' and the scoring service's addresses once they answer, and
+Ctrl-C stops every process it started (exit 0, ports free again)."""
 
 from __future__ import annotations
 
@@ -65,11 +65,16 @@ class Up:
             self.kill()
 
     def kill(self) -> None:
-        """Whatever is left of the group (only on failure: a clean stop leaves nothing)."""
+        """Whatever is left (only on failure: a clean stop leaves nothing): the command's group and every
+        process it started, which run in sessions of their own (Airflow, MLflow, each scoring service)."""
+        from driftline.production import kill_tree, process_tree
+
+        tree = process_tree(self.proc.pid)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        kill_tree(tree)
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -109,14 +114,16 @@ def _assert_loopback_only(ports: tuple[int, ...]) -> None:
                 assert sock.connect_ex((address, port)) != 0, f"port {port} answers on {address}"
 
 
-def _check_up_and_down(up: Up, ports: tuple[int, int], timeout: float,
+def _check_up_and_down(up: Up, ports: tuple[int, ...], timeout: float,
                        check: Callable[[str, str], None] = lambda airflow, mlflow: None) -> None:
+    """``ports``: Airflow's, MLflow's, then the scoring service's."""
     from driftline.stack import port_free
 
     try:
         up.wait_ready(timeout)
         airflow, mlflow = _banner_url(up, "Airflow UI"), _banner_url(up, "MLflow UI")
         assert airflow == f"http://127.0.0.1:{ports[0]}" and mlflow == f"http://127.0.0.1:{ports[1]}"
+        assert _banner_url(up, "Scoring") == f"http://127.0.0.1:{ports[2]}", up.output
         assert _get(f"{airflow}/api/v2/monitor/health") == 200
         assert _get(f"{mlflow}/health") == 200
         _assert_loopback_only(ports)
@@ -135,6 +142,45 @@ def _check_up_and_down(up: Up, ports: tuple[int, int], timeout: float,
     assert all(port_free(p) for p in ports), f"ports {ports} still held after driftline up stopped"
 
 
+def _predict(url: str, row: dict) -> dict:
+    request = urllib.request.Request(f"{url}/predict", data=json.dumps({"rows": [row]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return json.load(response)
+
+
+def _serves(url: str, row: dict, version: int, timeout: float) -> dict:
+    """/health and /predict name ``version`` within ``timeout`` s (the service follows the alias)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"{url}/health", timeout=20) as response:
+            health = json.load(response)
+        answer = _predict(url, {**row, "key": f"{row['key']}-{time.monotonic_ns()}"})
+        if (health["version"], answer["version"]) == (version, version) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert health["status"] == "ok" and health["version"] == version, health
+    assert answer["version"] == version and len(answer["predictions"]) == 1, answer
+    assert 0.0 <= answer["predictions"][0]["score"] <= 1.0, answer
+    return answer
+
+
+def _champion(state: Path, monkeypatch, env: dict[str, str] | None = None) -> tuple[Callable[[int], None], dict]:
+    """Three versions registered in the registry of ``state`` (or of ``env``'s servers), v1 the
+    champion, as test_serve makes them; returns a promote(version) and a valid request row."""
+    from test_serve import _promote, _row, _world
+
+    from ml.config import load_config
+
+    monkeypatch.setenv("DRIFTLINE_HOME", str(state))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DRIFTLINE_STORE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in (env or {}).items():
+        monkeypatch.setenv(var, value)
+    world = _world(load_config(ROOT / "models" / "credit_default.yaml"))
+    return (lambda version: _promote(world.registry, version)), _row(world, "up")
+
+
 def _token(airflow: str, password: str) -> str:
     request = urllib.request.Request(f"{airflow}/auth/token", headers={"Content-Type": "application/json"},
                                      data=json.dumps({"username": "admin", "password": password}).encode())
@@ -142,22 +188,26 @@ def _token(airflow: str, password: str) -> str:
         return json.load(response)["access_token"]
 
 
-@pytest.mark.integration  # boots airflow standalone and an MLflow server
-def test_up_serves_both_uis_and_ctrl_c_stops_them(tmp_path):
-    """Also: the login is the one generated for the state folder, printed once, kept 0600; and a
-    task of a run made in process before (as `make demo` makes them) shows its log in the UI's API."""
+@pytest.mark.integration  # boots airflow standalone, an MLflow server and driftline serve
+def test_up_serves_both_uis_and_ctrl_c_stops_them(tmp_path, monkeypatch):
+    """Also: the login is the one generated for the state folder, printed once, kept 0600; a task of a
+    run made in process before (as `make demo` makes them) shows its log in the UI's API; the scoring
+    service answers /health and /predict with the champion's version, and with the new one after a
+    promotion while it runs."""
     from driftline.stack import free_port
 
     state = tmp_path / "state"
+    promote, row = _champion(state, monkeypatch)
     run = subprocess.run([str(BIN / "driftline"), "run", "credit_default_new_labels", "--conf",
                           json.dumps({"rows": 5, "key": "ui-log"})], cwd=ROOT, env=_env(state),
                          capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     run_id = json.loads(run.stdout[run.stdout.index("{"):])["run_id"].split("/", 1)[1]
-    ports = (free_port(), free_port())
+    ports = (free_port(), free_port(), free_port())
     log_ports = {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                  "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
-    up = Up(["--airflow-port", str(ports[0]), "--mlflow-port", str(ports[1])], _env(state, **log_ports))
+    up = Up(["--airflow-port", str(ports[0]), "--mlflow-port", str(ports[1]), "--serve-port", str(ports[2])],
+            _env(state, **log_ports))
     passwords = state / "airflow" / "simple_auth_manager_passwords.json.generated"
 
     def check(airflow: str, mlflow: str) -> None:
@@ -174,6 +224,12 @@ def test_up_serves_both_uis_and_ctrl_c_stops_them(tmp_path):
         events = [entry.get("event") if isinstance(entry, dict) else entry for entry in content]
         assert "new-labels event ui-log via dag: 5 rows (recorded)" in events, events
         assert not any("secret_key" in str(event) for event in events), events
+
+        scoring = _banner_url(up, "Scoring")
+        assert any("credit_default, v1 = credit_default@champion" in line for line in up.lines), up.output
+        _serves(scoring, row, 1, timeout=0)
+        promote(2)  # the loop's own move; the service started by `up` follows it
+        _serves(scoring, row, 2, timeout=20)
 
     _check_up_and_down(up, ports, timeout=400, check=check)
     assert (state / "logs").is_dir()
@@ -195,17 +251,18 @@ def test_up_refuses_a_taken_port(tmp_path, flags):
 
 
 @pytest.mark.production
-def test_up_celery_serves_both_uis_and_ctrl_c_stops_them(tmp_path):
+def test_up_celery_serves_both_uis_and_ctrl_c_stops_them(tmp_path, monkeypatch):
     from driftline import production
-    from driftline.stack import free_port
+    from driftline.stack import free_port, serve_health
 
     pg, redis = production.pg_url(), production.redis_url()
     require_service("PostgreSQL and Redis", production.service_problem(pg, redis),
                     "driftline up --celery needs both (127.0.0.1:5432 trust auth user postgres; 127.0.0.1:6379).")
     prefix = f"driftline_up_{uuid.uuid4().hex[:8]}"
     names = [f"{prefix}_{part}" for part in ("airflow", "mlflow", "store")]
-    ports = (free_port(), free_port())
-    up = Up(["--celery", "--workers", "1", "--airflow-port", str(ports[0]), "--mlflow-port", str(ports[1])],
+    ports = (free_port(), free_port(), free_port())
+    up = Up(["--celery", "--workers", "1", "--airflow-port", str(ports[0]), "--mlflow-port", str(ports[1]),
+             "--serve-port", str(ports[2])],
             _env(tmp_path / "state", DRIFTLINE_PG_DB_PREFIX=prefix))
     auth = tmp_path / "state" / "production" / "mlflow_auth"
 
@@ -220,6 +277,15 @@ def test_up_celery_serves_both_uis_and_ctrl_c_stops_them(tmp_path):
         assert any(f"password in {auth / 'admin_password'}" in line for line in up.lines), up.output
         env_file = tmp_path / "state" / "production" / "production.env"
         assert os.stat(env_file).st_mode & 0o777 == 0o600
+        # The scoring service: up with no champion (503), then following one registered and promoted
+        # through this stack's MLflow server (logged in) and PostgreSQL store.
+        scoring = _banner_url(up, "Scoring")
+        health = serve_health(scoring)
+        assert health is not None and (health["status"], health["version"]) == ("no_model", None), health
+        _, row = _champion(tmp_path / "client", monkeypatch, {
+            "MLFLOW_TRACKING_URI": mlflow, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password,
+            "DRIFTLINE_STORE_URL": production.database_url(pg, f"{prefix}_store")})
+        _serves(scoring, row, 1, timeout=30)
 
     try:
         _check_up_and_down(up, ports, timeout=600, check=check)
