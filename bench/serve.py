@@ -307,7 +307,8 @@ def run_contender(kind: str, *, rate: float, seconds: float, rows: int, swaps: i
         first_new = min((t for t in new if t < nxt), default=None)
         window_end = first_new if first_new is not None else min(nxt, max(r["done"] for r in results))
         # The longest stretch without a single answer, from 1 s before the move to the new version's first.
-        done = sorted(r["done"] for r in ok if entry["move"] - 1 <= r["done"] <= window_end)
+        # (ending at the window's end: a version that never answers leaves a gap up to there).
+        done = sorted([*(r["done"] for r in ok if entry["move"] - 1 <= r["done"] < window_end), window_end])
         per_swap.append({
             "version": entry["version"],
             "to_first_new": (first_new - entry["move"]) if first_new is not None else None,
