@@ -44,12 +44,14 @@ def create_app(
     from ml.registry import Registry
     from ml.serving import (
         AliasFollower,
+        ChallengerFollower,
         FastPipeline,
         ModelHolder,
         NotReady,
         PredictionWriter,
         RequestError,
         ScoringService,
+        ShadowScorer,
         WebhookRejected,
         verify_webhook,
         webhook_concerns,
@@ -68,6 +70,10 @@ def create_app(
     writer = PredictionWriter(store_url, config.name, settings.home / "serving" / "spool",
                               flush_seconds=flush_seconds)
     service = ScoringService(config, holder, writer)
+    # serving.shadow: the challenger, while there is one, scores every answered row; stored, not returned.
+    challenger = ModelHolder() if config.serving.shadow else None
+    shadow = ShadowScorer(config, challenger, writer) if challenger is not None else None
+    service.shadow = shadow
     state: dict[str, Any] = {}
     webhook_secret = os.environ.get(ENV_WEBHOOK_SECRET) or None
     webhook_tolerance = float(os.environ.get(ENV_WEBHOOK_TOLERANCE, "300"))
@@ -84,6 +90,12 @@ def create_app(
         service.start()
         await run_in_threadpool(follower.check_once)  # serve at once if a blessed champion exists
         follower.start()
+        if shadow is not None:
+            state["shadow_follower"] = ChallengerFollower(registry, challenger, name=config.name,
+                                                          poll_seconds=poll_seconds)
+            shadow.start()
+            await run_in_threadpool(state["shadow_follower"].check_once)
+            state["shadow_follower"].start()
         log.info("serving %s on %s (store %s, poll every %g s)", config.name,
                  f"v{holder.current.version}" if holder.current else "nothing yet", _safe_url(store_url),
                  poll_seconds)
@@ -93,6 +105,9 @@ def create_app(
             # uvicorn has stopped taking requests and let the running ones finish: flush what they queued.
             follower.stop()
             await run_in_threadpool(service.stop)
+            if shadow is not None:  # its rows go to the writer: stopped before the writer flushes
+                state["shadow_follower"].stop()
+                await run_in_threadpool(shadow.stop)
             await run_in_threadpool(writer.close)
             log.info("stopped: %s", json.dumps(writer.describe()))
 
@@ -145,6 +160,8 @@ def create_app(
         if follower is None or not webhook_concerns(payload, config.name):
             return JSONResponse({"status": "ignored"})
         follower.wake()
+        if state.get("shadow_follower") is not None:
+            state["shadow_follower"].wake()
         return JSONResponse({"status": "checking"}, status_code=202)
 
     @app.get("/health")
@@ -162,6 +179,8 @@ def create_app(
         body["features"] = [{"name": f.name, "kind": f.kind} for f in config.features]
         body["task"] = config.task
         body["follower"] = follower.describe() if follower else None
+        body["shadow"] = None if shadow is None else {
+            **shadow.describe(), "follower": state["shadow_follower"].describe() if "shadow_follower" in state else None}
         body["webhook"] = {"registered": os.environ.get(ENV_WEBHOOK_ID) or None, "secret_set": webhook_secret is not None}
         return JSONResponse(body, status_code=200 if served else 503)
 

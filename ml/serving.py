@@ -34,8 +34,8 @@ import pandas as pd
 from sqlalchemy import and_, select
 
 from ml.config import ModelConfig
-from ml.registry import CHAMPION, Registry, VersionInfo
-from ml.store import Store, _json_safe, observations, to_utc_naive
+from ml.registry import CHALLENGER, CHAMPION, Registry, VersionInfo
+from ml.store import Store, _json_safe, insert_shadow, observations, to_utc_naive
 
 log = logging.getLogger("driftline.serve")
 
@@ -467,20 +467,20 @@ class AliasFollower:
             self.last_checked_at = datetime.now(UTC)
             current = self.holder.current
             if version is None:
-                return "no_alias"
+                return self._gone()
             if current is not None and current.version == version:
                 return "unchanged"
             retry = self._retry.get(version)
             if retry is not None and time.monotonic() < retry[0]:
                 return "waiting"
             info = registry.info(version)
-            reason = unblessed_reason(info)
+            reason = self._unfit(info)
             if reason is not None:
                 self._refuse(version, reason, current)
                 return "refused"
             started = time.monotonic()
             try:
-                model = _load_blessed(registry, version)  # by number: the alias may have moved since
+                model = self._load(registry, version)  # by number: the alias may have moved since
             except Exception as exc:
                 self._back_off(version)
                 if _is_unblessed(exc):
@@ -505,6 +505,15 @@ class AliasFollower:
                 log.error("checking %s@%s failed (still serving what was loaded): %s", self.name, self.alias, message)
             self.last_error = message
             return "error"
+
+    def _gone(self) -> str:
+        return "no_alias"  # the champion alias is never deleted: keep serving what is loaded
+
+    def _unfit(self, info: VersionInfo) -> str | None:
+        return unblessed_reason(info)
+
+    def _load(self, registry: Registry, version: int) -> Any:
+        return _load_blessed(registry, version)
 
     def _refuse(self, version: int, reason: str, current: ServedModel | None) -> None:
         if self.refused.get(version) != reason:
@@ -669,20 +678,28 @@ class WriterStats:
     store_ok: bool = True
     last_error: str | None = None
     outages: int = 0
+    shadowed: int = 0  # the challenger's shadow predictions stored (serving.shadow)
 
 
-def write_served(store: Store, model: str, rows: list[dict[str, Any]]) -> tuple[int, int, list[str]]:
+def write_served(store: Store, model: str, rows: list[dict[str, Any]]) -> tuple[int, int, list[str], int]:
     """Insert served rows (``row_id, ts, features, prediction, score, model_version``) in one
     transaction: a row is never stored without the prediction and version it was answered with.
 
     A key already stored keeps its first row and prediction, so re-writing a batch (a retry after a
     failed commit, a spool written twice after a crash) changes nothing. The store refuses a re-sent
     row with other values; here the answer is already out, so the first one stays and the key is
-    reported as a conflict instead. Returns (inserted, already stored, conflicting keys)."""
+    reported as a conflict instead.
+
+    Rows marked ``shadow`` are the challenger's predictions on rows served before them (same keys,
+    same features); they go to the shadow table in the same transaction, first write wins, and only
+    for a stored row with those features (a key re-sent with other features pairs with nothing).
+    Returns (inserted, already stored, conflicting keys, shadow predictions stored)."""
+    shadow = [row for row in rows if row.get("shadow")]
+    rows = [row for row in rows if not row.get("shadow")]
     unique: dict[str, dict[str, Any]] = {}
     for row in rows:
         unique.setdefault(str(row["row_id"]), row)  # the same key twice in a batch: the first wins
-    ids = list(unique)
+    ids = list(dict.fromkeys([*unique, *(str(row["row_id"]) for row in shadow)]))
     with store.engine.begin() as conn:
         existing: dict[str, Any] = {}
         for start in range(0, len(ids), 500):  # SQLite's variable limit
@@ -706,13 +723,19 @@ def write_served(store: Store, model: str, rows: list[dict[str, Any]]) -> tuple[
         ]
         if values:
             conn.execute(observations.insert(), values)
+        stored = {**{v["row_id"]: v["features"] for v in values}, **existing}
+        shadowed = 0
+        for version in sorted({int(row["model_version"]) for row in shadow}):
+            pairs = [row for row in shadow if int(row["model_version"]) == version
+                     and stored.get(str(row["row_id"])) == _features(row)]
+            shadowed += insert_shadow(conn, model, pairs, version, to_utc_naive(datetime.now(UTC)))
     conflicts = set()
     for row in rows:
         row_id = str(row["row_id"])
         first = existing[row_id] if row_id in existing else _features(unique[row_id])
         if first != _features(row):
             conflicts.add(row_id)
-    return len(values), len(rows) - len(values), sorted(conflicts)
+    return len(values), len(rows) - len(values), sorted(conflicts), shadowed
 
 
 def _features(row: dict[str, Any]) -> dict[str, Any]:
@@ -915,8 +938,9 @@ class PredictionWriter:
     def _write(self, rows: list[dict[str, Any]]) -> None:
         if self._store is None:
             self._store = self._store_factory(self.store_url)  # connects (and creates tables) lazily
-        inserted, skipped, conflicts = write_served(self._store, self.model, rows)
+        inserted, skipped, conflicts, shadowed = write_served(self._store, self.model, rows)
         self.stats.written += inserted
+        self.stats.shadowed += shadowed
         self.stats.duplicates += skipped
         if conflicts:
             self.stats.conflicts += len(conflicts)
@@ -974,7 +998,7 @@ class PredictionWriter:
         s = self.stats
         return {"queued": self.queued, "written": s.written, "duplicates": s.duplicates,
                 "conflicts": s.conflicts, "spooled": s.spooled,
-                "store_ok": s.store_ok, "last_error": s.last_error, "outages": s.outages}
+                "store_ok": s.store_ok, "last_error": s.last_error, "outages": s.outages, "shadowed": s.shadowed}
 
 
 # ---- the service: what one request does -----------------------------------------------------------
@@ -1013,6 +1037,8 @@ class ScoringService:
     one call: the pipeline's cost is mostly per call (about 5 ms for one row, 8 ms for a hundred here),
     so under load this is what keeps the latency flat. Each batch reads the served model once, so every
     answer names the version that really made it."""
+
+    shadow: ShadowScorer | None = None  # serving.shadow: gets each batch's rows once they are answered
 
     def __init__(self, config: ModelConfig, holder: ModelHolder, writer: PredictionWriter, *,
                  max_batch_rows: int = 4096) -> None:
@@ -1085,6 +1111,8 @@ class ScoringService:
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+            if self.shadow is not None:  # after the answers: the challenger never delays one
+                self.shadow.submit([record for part, _, _ in batch for record in part])
             if stopping:
                 return
 
@@ -1147,3 +1175,124 @@ class ScoringService:
                            "prediction": value, "score": answer.get("score"), "model_version": served.version})
         self.writer.submit(stored)
         return {"model": self.config.name, "version": served.version, "predictions": answers}
+
+
+# ---- shadow: the challenger scores the same rows ----------------------------------------------------
+
+
+class ChallengerFollower(AliasFollower):
+    """Follows ``challenger`` the way :class:`AliasFollower` follows the champion (poll, load beside,
+    swap), for ``serving.shadow``. A challenger is under evaluation, not promoted: it is loaded if
+    Driftline registered it (the registry's lineage check) and its verdict is still ``pending``. When
+    the alias goes (the challenger was promoted or rejected) or names a version that cannot be loaded,
+    shadow scoring stops."""
+
+    def __init__(self, registry: Registry | Callable[[], Registry], holder: ModelHolder, **kwargs: Any) -> None:
+        super().__init__(registry, holder, alias=CHALLENGER, **kwargs)
+
+    def _gone(self) -> str:
+        if self.holder.current is not None:
+            log.info("%s@%s is gone: v%s no longer scores in shadow", self.name, self.alias, self.holder.current.version)
+            self.holder.current = None
+        return "no_alias"
+
+    def _unfit(self, info: VersionInfo) -> str | None:
+        verdict = info.tag("verdict")
+        return None if verdict == "pending" else f"its verdict is {verdict!r}, not 'pending' (not under evaluation)"
+
+    def _load(self, registry: Registry, version: int) -> Any:
+        return registry.load_model(version)  # raises UnblessedModelError unless Driftline registered it
+
+    def _refuse(self, version: int, reason: str, current: ServedModel | None) -> None:
+        self.holder.current = None  # never shadow with a version the alias no longer names
+        super()._refuse(version, reason, None)
+
+
+@dataclass
+class ShadowStats:
+    scored: int = 0  # rows the challenger scored
+    without_challenger: int = 0  # rows answered while no challenger was loaded
+    failed: int = 0  # rows the challenger could not score (the answers were not affected)
+    last_error: str | None = None
+
+
+class ShadowScorer:
+    """``serving.shadow``: after the champion's answers went out, the challenger scores the same rows
+    on a thread of its own (the request path only enqueues), and its predictions go to the writer as
+    shadow rows: stored beside the champion's (:func:`write_served`), never returned. Like the
+    scorer, it takes everything queued while it was busy in one call."""
+
+    def __init__(self, config: ModelConfig, holder: ModelHolder, writer: PredictionWriter, *,
+                 max_batch_rows: int = 4096) -> None:
+        self.config = config
+        self.holder = holder
+        self.writer = writer
+        self.max_batch_rows = max_batch_rows
+        self.stats = ShadowStats()
+        self._numerical = frozenset(config.numerical)
+        self._queue: queue.SimpleQueue[list[dict[str, Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, records: list[dict[str, Any]]) -> None:
+        self._queue.put(records)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Scores (and hands to the writer) everything submitted before; stop it before the writer."""
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                return
+            records = list(item)
+            while len(records) < self.max_batch_rows:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                records.extend(more)
+            self._score(records)
+
+    def _score(self, records: list[dict[str, Any]]) -> None:
+        challenger = self.holder.current  # read once: every row is filed under the version that scored it
+        if challenger is None:
+            self.stats.without_challenger += len(records)
+            return
+        try:
+            frame = records_frame(records, self.config)
+            prediction, score = predict_once(self.config, challenger.model, frame)
+        except Exception as exc:  # noqa: BLE001 (the challenger failing must never touch serving)
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self.stats.last_error:
+                log.error("shadow v%s could not score %s rows: %s", challenger.version, len(records), message)
+            self.stats.failed += len(records)
+            self.stats.last_error = message
+            return
+        names = self.config.feature_names
+        rows = []
+        for i, record in enumerate(records):
+            # The features as the served row stored them: the shadow row pairs only with that row.
+            features = {name: (math.nan if record[name] is None and name in self._numerical else record[name])
+                        for name in names}
+            rows.append({"shadow": True, "row_id": record["row_id"], "features": features,
+                         "prediction": _json_safe(prediction[i]), "score": None if score is None else float(score[i]),
+                         "model_version": challenger.version})
+        self.stats.scored += len(rows)
+        self.writer.submit(rows)
+
+    def describe(self) -> dict[str, Any]:
+        current = self.holder.current
+        s = self.stats
+        return {"challenger": current.version if current else None, "scored": s.scored,
+                "without_challenger": s.without_challenger, "failed": s.failed, "last_error": s.last_error}

@@ -751,3 +751,63 @@ def test_fast_path_refuses_a_pipeline_it_would_get_wrong(home, config):
     fast = FastPipeline(model, config)
     scaler.scale_ = scaler.scale_ * 2  # the pipeline changes under the compiled copy
     assert "preprocessing" in fast._disagreement(config)
+
+
+def _wait_shadow(server: Server, version: int | None, timeout: float = 3 * POLL + 10) -> None:
+    deadline = time.monotonic() + timeout
+    while server.client.get("/model").json()["shadow"]["challenger"] != version and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.client.get("/model").json()["shadow"]["challenger"] == version, server.log()
+
+
+def test_shadow_scores_with_the_challenger_stores_beside_the_answer_and_never_returns_it(world, servers, tmp_path):
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "models" / "credit_default.yaml").read_text())
+    raw["serving"] = {"shadow": True}
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "credit_default.yaml").write_text(yaml.safe_dump(raw))
+    world.registry.mark_challenger(2, {}, run_id="train-v2", actor="test")  # registered by Driftline, pending
+    server = servers(env={"DRIFTLINE_MODELS_DIR": str(models)})
+    assert server.wait_ready()["version"] == 1
+    _wait_shadow(server, 2)
+    features = world.rows.drop(columns=["row_id", "ts"]).to_dict("records")
+    answers, sent = [], {}
+    for n in range(12):
+        rows = [(f"s{n}-{j}", features[(n * 5 + j) % len(features)]) for j in range(5)]
+        sent.update(rows)
+        response = server.client.post("/predict", json={"rows": [{"key": k, **v} for k, v in rows]})
+        assert response.status_code == 200
+        body = response.json()
+        assert set(body) == {"model", "version", "predictions"} and body["version"] == 1
+        assert all(set(p) == {"key", "prediction", "score"} for p in body["predictions"])  # nothing of v2
+        answers.append({"rows": rows, "body": body})
+
+    # The challenger goes (rejected): shadow scoring stops, serving goes on.
+    world.registry.reject(2, run_id="judge-v2", actor="test", reasons=["test"])
+    _wait_shadow(server, None)
+    after = _row(world, "after-reject")
+    assert server.client.post("/predict", json={"rows": [after]}).json()["version"] == 1
+    assert server.stop() == 0
+
+    answered = _answered_rows(answers)
+    answered["after-reject"] = None
+    stored = _stored(world.registry.store, world.config)
+    assert sorted(stored.index) == sorted(answered)
+    del answered["after-reject"]
+    _check_stored(world, stored.loc[list(answered)], answered)  # the champion's answers, as returned
+    shadow = world.registry.store.load_shadow(world.config.name, world.config.feature_names, 2).set_index("row_id")
+    assert sorted(shadow.index) == sorted(sent)  # every answered row, none after the challenger went
+    assert (shadow["model_version"] == 1).all()  # paired with the champion's stored answer
+    keys = list(sent)
+    expected_prediction, expected_score = predict(world.config, world.models[2], pd.DataFrame([sent[k] for k in keys]))
+    assert shadow.loc[keys, "shadow_prediction"].tolist() == expected_prediction.tolist()
+    np.testing.assert_allclose(shadow.loc[keys, "shadow_score"].to_numpy(float), expected_score, rtol=1e-9)
+    with world.registry.store.engine.connect() as conn:
+        from sqlalchemy import func, select
+
+        from ml.store import shadow_predictions
+        versions = conn.execute(select(shadow_predictions.c.model_version, func.count())
+                                .group_by(shadow_predictions.c.model_version)).all()
+    assert [tuple(v) for v in versions] == [(2, len(sent))]
