@@ -60,6 +60,11 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "widen_window": {"windows": {"max_training": "8w"}},
     # Candidates judged in shadow on the next rows (min_shadow_rows labelled) instead of a holdout.
     "shadow_gate": {"promotion": {"gate": "shadow"}},
+    # A river change detector on the champion's served errors as the trigger (triggers.error_detector),
+    # instead of the relative drop, and beside it.
+    "error_adwin": {"triggers": {"max_relative_drop": None, "error_detector": {"kind": "adwin"}}},
+    "error_adwin_drop": {"triggers": {"error_detector": {"kind": "adwin"}}},
+    "error_page_hinkley": {"triggers": {"max_relative_drop": None, "error_detector": {"kind": "page_hinkley"}}},
 }
 
 # The label-free estimate (CBPE) as a trigger beside the live-metric one: classifiers only (not Bike).
@@ -126,7 +131,15 @@ DATASETS = [
             path=SHARED / "data" / "bike_sharing" / "hour.csv",
             goal="MAE <= retrain-every-batch with at most 1/3 of its retrains",
             variants={**VARIANTS, "served_reference": {"triggers": {"drop_reference": "served"},
-                                                       "rollback": {"min_labelled_rows": 100}}}),
+                                                       "rollback": {"min_labelled_rows": 100}},
+                      # Page-Hinkley's delta and threshold are in the error's unit: river's defaults
+                      # (for 0/1 errors, spread ~0.4) scaled by 100 to bikes/hour (spread ~40).
+                      "error_page_hinkley": {"triggers": {
+                          "max_relative_drop": None,
+                          "error_detector": {"kind": "page_hinkley", "delta": 0.5, "threshold": 5000}}},
+                      # The label-free drift trigger against the same week one year back (from year 2 on).
+                      "seasonal_reference": {**VARIANTS["label_free"],
+                                             "windows": {"reference": "season", "season": "52w"}}}),
     Dataset("no_drift", "No drift (seeded credit-default simulator, stationary)", "no_drift.yaml",
             {"target": "default", "time_column": "ts", "period": WEEK}, make=_stationary_csv,
             goal="almost no retrains (at most 5 % of the predicted batches)",

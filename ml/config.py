@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import math
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -344,8 +345,11 @@ class WindowsSpec(_Strict):
     current: Duration = timedelta(days=1)
     training: Duration = timedelta(days=7)
     holdout: Duration = timedelta(days=1)
-    # Reference for drift: the champion's own training window, or a fixed span before `current`.
-    reference: Literal["champion_training"] | Duration = "champion_training"
+    # Reference for drift: the champion's own training window, a fixed span before `current`, or
+    # "season": the same span as `current` one `season` back, so a pattern that comes back every
+    # cycle (summer, the weekend) is not drift (see ml.loop.load_reference for the fallback).
+    reference: Literal["champion_training", "season"] | Duration = "champion_training"
+    season: Duration | None = None
     # A full retrain that answers no drift episode learns from up to this much labelled history
     # (not before the last drift onset on record) instead of `training`: with nothing changed, older
     # rows are more data, not stale data. None: always `training`.
@@ -364,7 +368,25 @@ class WindowsSpec(_Strict):
     @field_validator("reference", mode="before")
     @classmethod
     def _reference(cls, value: Any) -> Any:
-        return value if value == "champion_training" else _positive(parse_duration(value))
+        return value if value in ("champion_training", "season") else _positive(parse_duration(value))
+
+    @field_validator("season", mode="before")
+    @classmethod
+    def _season(cls, value: Any) -> Any:
+        return None if value is None else _positive(parse_duration(value))
+
+    @model_validator(mode="after")
+    def _season_with_reference(self) -> WindowsSpec:
+        if self.reference == "season" and self.season is None:
+            raise ValueError("season: windows.reference 'season' needs windows.season, the cycle length (e.g. 52w, 7d)")
+        if self.season is not None and self.reference != "season":
+            now = format_duration(self.reference) if isinstance(self.reference, timedelta) else self.reference
+            raise ValueError(f"season: only used with windows.reference 'season' (reference is '{now}')")
+        if self.season is not None and self.season < self.current:
+            # One cycle back must lie wholly before the current window, or the reference overlaps it.
+            raise ValueError(f"season: windows.season ({format_duration(self.season)}) must be at least "
+                             f"windows.current ({format_duration(self.current)})")
+        return self
 
     @model_validator(mode="after")
     def _holdout_inside_training(self) -> WindowsSpec:
@@ -380,6 +402,115 @@ class WindowsSpec(_Strict):
                 f"window, so it must be at least windows.training ({format_duration(self.training)})"
             )
         return self
+
+
+def _count(low: int) -> Any:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        return None if ok else f"must be a whole number >= {low}"
+    return check
+
+
+def _number(low: float, high: float | None = None, *, open_low: bool = False, open_high: bool = False) -> Any:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            return "must be a number"
+        if (value <= low if open_low else value < low) or (
+                high is not None and (value >= high if open_high else value > high)):
+            span = f"{'(' if open_low else '['}{low:g}, {'inf)' if high is None else f'{high:g}' + (')' if open_high else ']')}"
+            return f"must be in {span}"
+        return None
+    return check
+
+
+def _only(*allowed: Any, why: str) -> Any:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else f"must be {' or '.join(repr(a) for a in allowed)} ({why})"
+    return check
+
+
+def _whole(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) else "must be a whole number"
+
+
+# triggers.error_detector kinds: the river.drift class, and each parameter it takes with its check
+# (and river's default). A copy: importing river takes seconds at DAG-parse time; tests/test_config.py
+# checks the names and defaults against the installed river's signatures.
+ERROR_DETECTORS: dict[str, tuple[str, dict[str, tuple[Any, Any]]]] = {
+    "adwin": ("ADWIN", {
+        "delta": (_number(0, 1, open_low=True, open_high=True), 0.002),
+        "clock": (_count(1), 32),
+        "max_buckets": (_count(1), 5),
+        "min_window_length": (_count(1), 5),
+        "grace_period": (_count(1), 10),
+    }),
+    "page_hinkley": ("PageHinkley", {
+        "min_instances": (_count(1), 30),
+        "delta": (_number(0), 0.005),
+        "threshold": (_number(0, open_low=True), 50.0),
+        "alpha": (_number(0, 1, open_low=True), 1 - 0.0001),
+        # river's default is "both"; a fall in the error is no reason to retrain, so only "up" is taken.
+        "mode": (_only("up", why="only a rise in the error is a reason to retrain"), "both"),
+    }),
+    "kswin": ("KSWIN", {
+        "alpha": (_number(0, 1, open_low=True, open_high=True), 0.005),
+        "window_size": (_count(2), 100),
+        "stat_size": (_count(1), 30),
+        "seed": (_whole, None),
+    }),
+}
+# Set when the YAML leaves them out: the detector is recomputed from the stored stream each run, so
+# it must give the same answer every time (KSWIN samples at random), and Page-Hinkley watches rises.
+_DETECTOR_OVERRIDES: dict[str, dict[str, Any]] = {"page_hinkley": {"mode": "up"}, "kswin": {"seed": 0}}
+
+
+class ErrorDetectorSpec(_Strict):
+    """``triggers.error_detector``: a river change detector on the champion's served errors.
+    Written flat in the YAML (``{kind: adwin, delta: 0.002}``): every key but ``kind`` and
+    ``min_rows`` is a parameter of the river detector, checked here at parse."""
+
+    kind: Literal["adwin", "page_hinkley", "kswin"]
+    # Fewer labelled rows served by the champion since its promotion and the detector does not run
+    # (the decision says so): a change in a handful of errors is noise.
+    min_rows: int = Field(default=100, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        if isinstance(data, str):  # `error_detector: adwin`
+            return {"kind": data}
+        if isinstance(data, dict):
+            own = {"kind", "min_rows", "params"}
+            params = {**(data.get("params") or {}), **{k: v for k, v in data.items() if k not in own}}
+            return {**{k: v for k, v in data.items() if k in own}, "params": params}
+        return data
+
+    @model_validator(mode="after")
+    def _known_params(self) -> ErrorDetectorSpec:
+        name, table = ERROR_DETECTORS[self.kind]
+        for key, value in self.params.items():
+            if key not in table:
+                close = difflib.get_close_matches(str(key), table, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"'{key}' is not a parameter of {self.kind}{hint}; river's {name} takes "
+                                 f"{sorted(table)} (and kind, min_rows)")
+            problem = table[key][0](value)
+            if problem:
+                raise ValueError(f"{self.kind} parameter '{key}' {problem}, got {value!r}")
+        if self.kind == "kswin":
+            window, stat = (self.params.get(k, table[k][1]) for k in ("window_size", "stat_size"))
+            if stat >= window:
+                raise ValueError(f"kswin parameter 'stat_size' ({stat}) must be smaller than 'window_size' ({window})")
+        return self
+
+    @property
+    def detector_name(self) -> str:
+        return ERROR_DETECTORS[self.kind][0]
+
+    def river_params(self) -> dict[str, Any]:
+        """The keyword arguments for river's detector class."""
+        return {**_DETECTOR_OVERRIDES.get(self.kind, {}), **self.params}
 
 
 class TriggerPolicy(_Strict):
@@ -413,6 +544,9 @@ class TriggerPolicy(_Strict):
     rejection_backoff: Duration | None = None
     min_new_labels: int = Field(default=0, ge=0)
     on_new_labels: bool = True
+    # Retrain when a change detector (river's ADWIN, Page-Hinkley or KSWIN) finds the champion's
+    # error rising on the rows it served (ml/detectors.py). None: off.
+    error_detector: ErrorDetectorSpec | None = None
 
     @field_validator("max_model_age", "rejection_backoff", mode="before")
     @classmethod
@@ -688,7 +822,7 @@ _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.DOTALL)
 
 def _field_names() -> frozenset[str]:
     models = (ModelConfig, FeatureSpec, TargetSpec, DataSpec, EstimatorSpec, TrainingSpec, WindowsSpec,
-              TriggerPolicy, PromotionGate, RollbackGuard, AlertsSpec)
+              TriggerPolicy, ErrorDetectorSpec, PromotionGate, RollbackGuard, AlertsSpec)
     names = {field.alias or name for model in models for name, field in model.model_fields.items()}
     return frozenset(names | {name for model in models for name in model.model_fields})
 

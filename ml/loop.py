@@ -178,18 +178,42 @@ def load_current(ctx: Context, as_of: datetime) -> pd.DataFrame:
     return validate_window(frame, cfg, window="current")
 
 
-def load_reference(ctx: Context, as_of: datetime, champion: ChampionInfo | None) -> pd.DataFrame:
-    """The champion's own training rows (what changed since it learned?), else the span before
-    the current window."""
+def load_reference(ctx: Context, as_of: datetime, champion: ChampionInfo | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The drift reference and where it came from (``{"kind", "start", "end", "note"}``): the
+    champion's own training rows (what changed since it learned?); with ``windows.reference:
+    season``, the current window's span one ``windows.season`` back (a season that comes back is
+    not drift); with a duration, or with no champion, the span before the current window. A
+    seasonal reference the store cannot give (no rows that old yet, or none in that span) falls back
+    to the champion's training rows, and ``note`` says so (the decision log shows it)."""
     cfg = ctx.config
-    if cfg.windows.reference == "champion_training" and champion and champion.data_start and champion.data_end:
+    windows = cfg.windows
+    note = None
+    if windows.reference == "season":
+        end = as_of - windows.season
+        start = end - windows.current
+        # "That old": the store must reach back to the span's start, or the span is only part of one.
+        reaches = not ctx.store.load(cfg.name, [], ts_until=start, limit=1).empty
+        frame = ctx.store.load(cfg.name, cfg.feature_names, ts_after=start, ts_until=end) if reaches else None
+        if frame is not None and len(frame):
+            return validate_window(frame, cfg, window="reference"), _span("season", start, end)
+        why = "has no rows" if reaches else "does not reach back"
+        note = (f"windows.reference season: the store {why} one season ({format_duration(windows.season)}) back "
+                f"({start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M})")
+    if windows.reference in ("champion_training", "season") and champion and champion.data_start and champion.data_end:
         start, end = champion.data_start - timedelta(microseconds=1), champion.data_end
-    else:
-        span = cfg.windows.reference if isinstance(cfg.windows.reference, timedelta) else cfg.windows.training
-        end = as_of - cfg.windows.current
-        start = end - span
+        note = note and f"{note}: drift is measured against the champion's training rows instead"
+        frame = ctx.store.load(cfg.name, cfg.feature_names, ts_after=start, ts_until=end)
+        return validate_window(frame, cfg, window="reference"), _span("champion_training", start, end, note)
+    span = windows.reference if isinstance(windows.reference, timedelta) else windows.training
+    end = as_of - windows.current
+    start = end - span
+    note = note and f"{note}: drift is measured against the {format_duration(span)} before the current window instead"
     frame = ctx.store.load(cfg.name, cfg.feature_names, ts_after=start, ts_until=end)
-    return validate_window(frame, cfg, window="reference")
+    return validate_window(frame, cfg, window="reference"), _span("before_current", start, end, note)
+
+
+def _span(kind: str, start: datetime, end: datetime, note: str | None = None) -> dict[str, Any]:
+    return {"kind": kind, "start": start.isoformat(), "end": end.isoformat(), "note": note}
 
 
 def labelled_split(ctx: Context, as_of: datetime, until: datetime | None = None) -> tuple[datetime, datetime]:
@@ -337,7 +361,7 @@ def validate_windows(ctx: Context, run: RunInfo) -> dict[str, Any]:
     as_of = resolve_as_of(ctx, run)
     champion = champion_info(ctx)
     current = load_current(ctx, as_of)
-    reference = load_reference(ctx, as_of, champion)
+    reference, _ = load_reference(ctx, as_of, champion)
     labelled = ctx.store.load(
         config.name, config.feature_names, ts_after=as_of - config.windows.current - config.windows.training,
         ts_until=as_of, labelled_until=as_of, labelled_only=True,
@@ -365,7 +389,9 @@ def check_drift(ctx: Context, run: RunInfo, windows: dict[str, Any], *, keep_rep
     as_of = _time(windows["as_of"])
     champion = champion_info(ctx)
     current = load_current(ctx, as_of)
-    reference = load_reference(ctx, as_of, champion)
+    reference, reference_span = load_reference(ctx, as_of, champion)
+    if reference_span["note"]:
+        log.info("drift reference: %s", reference_span["note"])
     report_path = ctx.settings.reports_dir / config.name / _safe(run.run_id) / "drift.html" if keep_report else None
     drift = compute_drift(
         reference, current, config.features,
@@ -417,11 +443,37 @@ def check_drift(ctx: Context, run: RunInfo, windows: dict[str, Any], *, keep_rep
         "performance": performance,
         "report_path": str(report_path) if report_path else None,
         "links": check_links,
+        "reference": reference_span,
+        "error_detector": served_error_changes(ctx, champion, as_of),
     }
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def served_error_changes(ctx: Context, champion: ChampionInfo | None, as_of: datetime) -> dict[str, Any] | None:
+    """``triggers.error_detector``: the rises in the champion's error a river detector finds on the
+    rows it served since its promotion whose labels are known by ``as_of`` (``{"detector", "rows",
+    "changes"}``, changes as :class:`ml.detectors.Change` dicts); None when the policy has no
+    detector or there is no champion. Recomputed from the store every run (see :mod:`ml.detectors`
+    for why that is the detector's state); below ``min_rows`` rows the detector is not run."""
+    from ml.detectors import served_changes
+
+    cfg = ctx.config
+    spec = cfg.triggers.error_detector
+    if spec is None or champion is None:
+        return None
+    rows = ctx.store.load(cfg.name, [], ts_after=champion.promoted_at, ts_until=as_of, labelled_until=as_of,
+                          labelled_only=True, version=champion.version)
+    rows = rows[rows["prediction"].notna()]
+    out = {"detector": spec.detector_name, "rows": len(rows), "changes": []}
+    if len(rows) >= spec.min_rows:
+        out["changes"] = [c.to_dict() for c in served_changes(spec, cfg.task, rows)]
+    log.info("error detector (%s): %s rising change(s) in %s labelled rows served by v%s", spec.detector_name,
+             len(out["changes"]), len(rows), champion.version)
+    return out
+
 
 
 def estimate_performance(ctx: Context, champion: ChampionInfo | None, as_of: datetime,
@@ -538,7 +590,23 @@ def gather_facts(ctx: Context, run: RunInfo, check: dict[str, Any], as_of: datet
         estimated_metric=perf.get("estimated"),
         calibration_rows=perf.get("calibration_rows", 0),
         estimate_note=perf.get("estimate_note"),
+        error_change=_new_error_change(check.get("error_detector"), last),
+        error_rows=(check.get("error_detector") or {}).get("rows", 0),
+        reference_note=(check.get("reference") or {}).get("note"),
     )
+
+
+def _new_error_change(found: dict[str, Any] | None, last_candidate: datetime | None) -> Any:
+    """The newest rise in the champion's error (from :func:`served_error_changes`) that was not yet
+    known when the last candidate was trained: that candidate answered what was known then (promoted,
+    or rejected because the champion still beat it), so only a later change is a reason to retrain
+    again. A held-back change (cooldown, backoff) stays new until a candidate is trained."""
+    from ml.detectors import Change
+
+    changes = [Change.from_dict(c) for c in (found or {}).get("changes", [])]
+    new = [c for c in changes if last_candidate is None or c.known_at > last_candidate]
+    return new[-1] if new else None
+
 
 
 def _drift_history(ctx: Context, as_of: datetime) -> list[tuple[datetime, float | None]]:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ml.config import TriggerPolicy, format_duration
+from ml.config import REGRESSION_METRICS, TriggerPolicy, format_duration
+
+if TYPE_CHECKING:  # ml.detectors imports pandas: not at DAG-parse time
+    from ml.detectors import Change
 
 Kind = Literal["manual", "threshold", "event", "time", "none"]
 
@@ -66,6 +69,13 @@ class TriggerInputs:
     drift_onset: datetime | None = None
     labels_after_onset: int = 0
     min_train_rows: int = 1  # training.min_rows: a drift retrain waits for this many rows after the onset
+    # triggers.error_detector: the newest rise in the champion's served error found since the last
+    # candidate was trained (None: none), and how many labelled served rows the detector was fed.
+    error_change: Change | None = None
+    error_rows: int = 0
+    # Why the drift reference is not the one the config asked for (a seasonal reference with no rows
+    # one season back), said in the decision log; None: it is.
+    reference_note: str | None = None
     # The champion's metric estimated without labels on the current rows (CBPE, ml/estimation.py),
     # the labelled rows its scores were calibrated on, and why there is no estimate when there is none.
     estimated_metric: float | None = None
@@ -178,7 +188,16 @@ def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]
                 f"estimated {facts.metric} {estimated:.3f} (label-free, calibrated on {facts.calibration_rows} rows) "
                 f"is {drop:.1%} worse than {facts.reference_label} ({ref:.3f}), >= {policy.estimated_drop:.0%} allowed"
             )
+    detector = policy.error_detector
+    change = facts.error_change
+    if detector is not None and change is not None and facts.error_rows >= detector.min_rows:
+        measure = "absolute error" if facts.metric in REGRESSION_METRICS else "error rate"
+        level = (f"{change.before:.3f} -> {change.after:.3f}" if change.before is not None
+                 else f"{change.after:.3f} over its newest rows")
+        reasons.append(f"{measure} changed ({detector.detector_name}) at {change.at:%Y-%m-%d %H:%M}: {level} "
+                       f"on rows the champion served (n={facts.error_rows})")
     return reasons
+
 
 
 def rules_not_run(policy: TriggerPolicy, facts: TriggerInputs) -> tuple[str, ...]:
@@ -206,6 +225,12 @@ def rules_not_run(policy: TriggerPolicy, facts: TriggerInputs) -> tuple[str, ...
             out.append("estimated_drop: not run, no reference level for the champion yet")
     if policy.drift_share is not None and facts.drift_share is None:
         out.append("drift_share: not run, no drift share was computed")
+    detector = policy.error_detector
+    if detector is not None and facts.error_rows < detector.min_rows:
+        out.append(f"error_detector: not run, {facts.error_rows} labelled rows served by the champion since its "
+                   f"promotion < triggers.error_detector.min_rows ({detector.min_rows})")
+    if facts.reference_note:
+        out.append(facts.reference_note)
     return tuple(out)
 
 

@@ -816,3 +816,66 @@ def test_refit_needs_the_holdout_gate(tmp_path):
 
     _, message = _bad(tmp_path, patch)
     assert "field 'promotion.refit'" in message and "'shadow' gate keeps no holdout" in message
+
+
+# ---- triggers.error_detector and windows.reference: season ---------------------------------------
+
+
+def test_error_detector_table_is_rivers_signatures():
+    import inspect
+
+    from river import drift
+
+    from ml.config import ERROR_DETECTORS
+
+    for kind, (name, params) in ERROR_DETECTORS.items():
+        signature = inspect.signature(getattr(drift, name)).parameters
+        taken = {p: v.default for p, v in signature.items() if p != "window"}  # KSWIN's window: data, not a setting
+        assert {p: default for p, (_, default) in params.items()} == taken, kind
+
+
+def test_error_detector_parses_flat_with_rivers_params(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["triggers"]["error_detector"] = {"kind": "adwin", "delta": 0.01, "min_rows": 300}
+    spec = load_config(_write(tmp_path, data)).triggers.error_detector
+    assert (spec.kind, spec.min_rows, spec.params, spec.detector_name) == ("adwin", 300, {"delta": 0.01}, "ADWIN")
+    data["triggers"]["error_detector"] = "page_hinkley"
+    spec = load_config(_write(tmp_path, data)).triggers.error_detector
+    assert spec.min_rows == 100 and spec.river_params() == {"mode": "up"}  # rises only
+    data["triggers"]["error_detector"] = {"kind": "kswin"}
+    assert load_config(_write(tmp_path, data)).triggers.error_detector.river_params() == {"seed": 0}  # repeatable
+    assert load_config(_write(tmp_path, BASE)).triggers.error_detector is None  # off by default
+
+
+@pytest.mark.parametrize(
+    "detector, problem",
+    [
+        ({"kind": "adwn"}, "Input should be 'adwin', 'page_hinkley' or 'kswin'"),
+        ({"kind": "adwin", "deltaa": 0.1}, "'deltaa' is not a parameter of adwin (did you mean 'delta'?)"),
+        ({"kind": "adwin", "delta": 1.5}, "adwin parameter 'delta' must be in (0, 1), got 1.5"),
+        ({"kind": "adwin", "clock": 0}, "adwin parameter 'clock' must be a whole number >= 1, got 0"),
+        ({"kind": "page_hinkley", "threshold": "high"}, "page_hinkley parameter 'threshold' must be a number"),
+        ({"kind": "page_hinkley", "mode": "both"}, "parameter 'mode' must be 'up'"),
+        ({"kind": "kswin", "stat_size": 100}, "'stat_size' (100) must be smaller than 'window_size' (100)"),
+        ({"kind": "kswin", "min_rows": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_bad_error_detector(tmp_path, detector, problem):
+    path, message = _bad(tmp_path, lambda d: d["triggers"].__setitem__("error_detector", detector))
+    assert str(path) in message and "field 'triggers.error_detector" in message
+    assert problem in message
+
+
+def test_seasonal_reference_parses_and_needs_its_season(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["windows"].update(reference="season", season="52w")
+    windows = load_config(_write(tmp_path, data)).windows
+    assert windows.reference == "season" and windows.season == timedelta(weeks=52)
+    for change, problem in [
+        ({"reference": "season"}, "windows.reference 'season' needs windows.season"),
+        ({"season": "7d"}, "only used with windows.reference 'season' (reference is 'champion_training')"),
+        ({"reference": "season", "season": "2h"}, "windows.season (2h) must be at least windows.current (1d)"),
+        ({"reference": "season", "season": "-1d"}, "not a duration"),
+    ]:
+        _, message = _bad(tmp_path, lambda d, change=change: d["windows"].update(change))
+        assert "field 'windows.season'" in message and problem in message

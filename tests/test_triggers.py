@@ -499,3 +499,52 @@ def test_a_rule_that_cannot_run_says_so():
     assert Decision.from_dict(few.to_dict()).not_run == few.not_run
     assert decide(policy(), facts()).not_run == ()  # every rule could judge
     assert decide(policy(), TriggerInputs(has_champion=False)).not_run == ()  # nothing to judge yet
+
+
+# ---- triggers.error_detector ----------------------------------------------------------------------
+
+
+def _change(before=0.21, after=0.34):
+    from ml.detectors import Change
+
+    at = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
+    return Change(at=at, known_at=at, since=None, before=before, after=after, rows=900)
+
+
+def test_a_rise_in_the_served_error_is_a_threshold_reason():
+    rules = policy(error_detector={"kind": "adwin"})
+    decision = decide(rules, facts(error_change=_change(), error_rows=900))
+    assert decision.kind == "threshold" and decision.branch == "retrain_on_threshold"
+    assert decision.reasons == (("error rate changed (ADWIN) at 2026-03-04 12:00: 0.210 -> 0.340 "
+                                 "on rows the champion served (n=900)"),)
+    assert decision.not_run == ()
+    only_detector = policy(error_detector={"kind": "adwin"}, metric_floor=None, max_relative_drop=None)
+    regression = decide(only_detector, facts(metric="mae", greater_is_better=False, error_rows=900, live_metric=40.0,
+                                             error_change=_change(before=None, after=41.5)))
+    assert len(regression.reasons) == 1 and regression.reasons[0].startswith("absolute error changed (ADWIN) at 2026-03-04 12:00: 41.500 over its newest rows")
+    # No change found, or the detector off: nothing fires.
+    assert decide(rules, facts(error_rows=900)).kind == "none"
+    assert decide(policy(), facts(error_change=_change(), error_rows=900)).kind == "none"
+
+
+def test_an_error_change_is_held_back_like_the_other_thresholds():
+    rules = policy(error_detector={"kind": "page_hinkley"}, cooldown="3d", rejection_backoff="7d")
+    held = decide(rules, facts(error_change=_change(), error_rows=900, since_last_retrain=timedelta(days=1),
+                               since_last_rejection=timedelta(days=2)))
+    assert held.kind == "none" and held.reasons[0].startswith("error rate changed (PageHinkley)")
+    assert held.held_back[0].startswith("cooldown") and held.held_back[1].startswith("backoff")
+
+
+def test_too_few_served_rows_for_the_detector_say_so():
+    rules = policy(error_detector={"kind": "adwin", "min_rows": 500})
+    decision = decide(rules, facts(error_rows=120))
+    assert decision.kind == "none"
+    assert decision.not_run == (("error_detector: not run, 120 labelled rows served by the champion since its "
+                                 "promotion < triggers.error_detector.min_rows (500)"),)
+    # Below min_rows a change (were one passed) is not acted on either.
+    assert decide(rules, facts(error_change=_change(), error_rows=120)).kind == "none"
+
+
+def test_a_seasonal_reference_that_fell_back_is_in_the_decision_log():
+    note = "windows.reference season: the store does not reach back one season (52w) (...): drift is measured against the champion's training rows instead"
+    assert decide(policy(), facts(reference_note=note)).not_run == (note,)
