@@ -628,7 +628,7 @@ def mlflow_server(home, monkeypatch, tmp_path):
         proc = subprocess.Popen(mlflow_server_command(settings, port), env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a loaded 2-core machine takes minutes to import MLflow
         while True:
             assert proc.poll() is None, log_path.read_text()[-3000:]
             try:
@@ -713,7 +713,14 @@ def test_fast_path_gives_the_pipelines_numbers_or_is_not_used(home, estimator):
     import yaml
 
     from ml.config import load_config
-    from ml.serving import FastPipeline, ModelHolder, ScoringService, ServedModel, parse_records, records_frame
+    from ml.serving import (
+        FastPipeline,
+        ModelHolder,
+        ScoringService,
+        ServedModel,
+        parse_records,
+        records_frame,
+    )
 
     raw = yaml.safe_load((ROOT / "models" / "credit_default.yaml").read_text())
     raw["estimator"] = estimator
