@@ -211,7 +211,7 @@ def test_approve_reject_and_time_out_through_the_rest_api(live):
     entry = ctx.store.audit_log("ignore_me", ["rejected"])[-1]
     assert entry["actor"] == "driftline-approval-timeout"
     assert entry["details"]["reasons"][0] == "no approval within 20s: rejected (approval timed out)"
-    print(f"\nstack start {live['startup_seconds']:.0f} s; three runs to awaiting_input {waited:.0f} s; "
+    print(f"\nstack start {live['startup_seconds']:.0f} s; two runs to awaiting_input {waited:.0f} s; "
           f"whole test {time.monotonic() - began:.0f} s")
 
 
