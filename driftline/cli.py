@@ -422,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes; each follows the alias")
     serve.add_argument("--poll-seconds", type=float, default=2.0, help="how often to read the champion alias")
+    serve.add_argument("--webhook-poll-seconds", type=float, default=30.0,
+                       help="the poll while an MLflow webhook is registered (DRIFTLINE_SERVE_WEBHOOK_SECRET set)")
+    serve.add_argument("--webhook-url", default=None,
+                       help="the URL MLflow calls (default http://HOST:PORT/webhooks/mlflow; or "
+                            "DRIFTLINE_SERVE_WEBHOOK_URL)")
     serve.add_argument("--flush-seconds", type=float, default=0.2,
                        help="how long predictions queue before one store write")
     serve.set_defaults(func=_cmd_serve)
@@ -429,11 +434,6 @@ def main(argv: list[str] | None = None) -> int:
     from driftline.replay_cli import add_arguments as replay_arguments
 
     replay = sub.add_parser("replay", help="replay a time-ordered CSV through Driftline's decisions and baselines",
-    serve.add_argument("--webhook-poll-seconds", type=float, default=30.0,
-                       help="the poll while an MLflow webhook is registered (DRIFTLINE_SERVE_WEBHOOK_SECRET set)")
-    serve.add_argument("--webhook-url", default=None,
-                       help="the URL MLflow calls (default http://HOST:PORT/webhooks/mlflow; or "
-                            "DRIFTLINE_SERVE_WEBHOOK_URL)")
                             description=REPLAY_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     replay_arguments(replay)
     replay.set_defaults(func=_cmd_replay)

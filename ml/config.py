@@ -622,7 +622,6 @@ class PromotionGate(_Strict):
             raise ValueError("approval_timeout: only used with approval: required (approval is 'none')")
         return self
 
-
     @field_validator("significance")
     @classmethod
     def _significance(cls, value: float) -> float:

@@ -475,7 +475,6 @@ def served_error_changes(ctx: Context, champion: ChampionInfo | None, as_of: dat
     return out
 
 
-
 def estimate_performance(ctx: Context, champion: ChampionInfo | None, as_of: datetime,
                          current: pd.DataFrame) -> Any:
     """The champion's metric on the current rows estimated without their labels (CBPE,
@@ -606,7 +605,6 @@ def _new_error_change(found: dict[str, Any] | None, last_candidate: datetime | N
     changes = [Change.from_dict(c) for c in (found or {}).get("changes", [])]
     new = [c for c in changes if last_candidate is None or c.known_at > last_candidate]
     return new[-1] if new else None
-
 
 
 def _drift_history(ctx: Context, as_of: datetime) -> list[tuple[datetime, float | None]]:

@@ -199,7 +199,6 @@ def _threshold_reasons(policy: TriggerPolicy, facts: TriggerInputs) -> list[str]
     return reasons
 
 
-
 def rules_not_run(policy: TriggerPolicy, facts: TriggerInputs) -> tuple[str, ...]:
     """The policy's rules that could not judge this run, each with why: said in the decision log
     rather than read as "nothing crossed a threshold"."""
