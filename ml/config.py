@@ -781,6 +781,10 @@ class ModelConfig(_Strict):
         if self.promotion.refit and self.promotion.gate != "holdout":
             raise ValueError(f"promotion.refit: refits a candidate on the holdout it was judged on; the "
                              f"'{self.promotion.gate}' gate keeps no holdout (its candidate learns every row)")
+        if self.promotion.approval == "required" and self.promotion.gate != "holdout":
+            # The shadow gate promotes from its own step, which has no approval task before it.
+            raise ValueError(f"promotion.approval: a person approves a candidate the holdout gate passed; "
+                             f"the '{self.promotion.gate}' gate promotes without asking (use gate: holdout)")
         if self.training.strategy == "incremental" and not hasattr(cls, "partial_fit"):
             raise ValueError(
                 f"training.strategy: 'incremental' needs an estimator with partial_fit; "

@@ -818,6 +818,14 @@ def test_refit_needs_the_holdout_gate(tmp_path):
     assert "field 'promotion.refit'" in message and "'shadow' gate keeps no holdout" in message
 
 
+def test_approval_needs_the_holdout_gate(tmp_path):
+    def patch(d):
+        d["promotion"].update(approval="required", gate="shadow")
+
+    _, message = _bad(tmp_path, patch)
+    assert "field 'promotion.approval'" in message and "'shadow' gate promotes without asking" in message
+
+
 # ---- triggers.error_detector and windows.reference: season ---------------------------------------
 
 
