@@ -65,6 +65,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "error_adwin": {"triggers": {"max_relative_drop": None, "error_detector": {"kind": "adwin"}}},
     "error_adwin_drop": {"triggers": {"error_detector": {"kind": "adwin"}}},
     "error_page_hinkley": {"triggers": {"max_relative_drop": None, "error_detector": {"kind": "page_hinkley"}}},
+    # Levers together: when to retrain (the detector) and what to train on (refit, wider window).
+    "refit_widen": {"promotion": {"refit": True}, "windows": {"max_training": "8w"}},
+    "refit_error_adwin": {"promotion": {"refit": True}, "triggers": {"error_detector": {"kind": "adwin"}}},
 }
 
 # The label-free estimate (CBPE) as a trigger beside the live-metric one: classifiers only (not Bike).
