@@ -241,11 +241,11 @@ def test_a_person_approves_in_required_actions_and_mlflow_shows_the_new_champion
             page.wait_for_url(f"{base}/required_actions**")
             subject = page.get_by_text("Promote click_me v1?").first
             subject.wait_for()
-            shot(page, "10-required-actions")
+            shot(page, "11-required-actions")
             subject.click()
             page.get_by_text("Champion vs challenger").first.wait_for()
             page.locator("textarea, input[name=element_reason], [name=reason]").first.fill("looks right to me")
-            shot(page, "11-approval-form")
+            shot(page, "12-approval-form")
             page.get_by_role("button", name="Approve").click()
             finished = client.wait(run["dag_id"], run["run_id"], timeout=600)
             assert finished["state"] == "success", client.task_states(run["dag_id"], run["run_id"])
@@ -254,7 +254,7 @@ def test_a_person_approves_in_required_actions_and_mlflow_shows_the_new_champion
             page.goto(f"{stack.mlflow_url}/#/models/click_me/versions/1")
             page.get_by_text("champion").first.wait_for()
             assert "approved by" in page.locator("body").inner_text()
-            shot(page, "12-mlflow-approved-champion")
+            shot(page, "13-mlflow-approved-champion")
         finally:
             browser.close()
     entry = ctx.store.audit_log("click_me", ["promoted"])[-1]
