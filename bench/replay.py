@@ -489,6 +489,37 @@ def _findings(results: dict[str, Any]) -> list[str]:
                    "replay reveals each batch's labels with the batch, so the estimate sees nothing the live "
                    "metric does not see at the same step; its use is labels that come late (how close it comes "
                    "to the realised metric: the *Label-free performance estimate* section).")
+    levers = (
+        ("driftline_refit", ("**Refit after the gate** (`promotion.refit: true`): once the gate passes a candidate, "
+         "the same estimator is fitted again on its training rows plus the holdout and that refit is promoted, so "
+         "the champion has seen the newest 2 days")),
+        ("driftline_widen_window", ("**Wider window when no drift is seen** (`windows.max_training: 8w`): a "
+         "retrain that answers no drift episode learns from up to 8 weeks instead of 4")),
+        ("driftline_shadow_gate", ("**Shadow gate** (`promotion.gate: shadow`): the candidate learns every "
+         "labelled row and is judged on the rows that come next, scored in shadow, once `min_shadow_rows` of "
+         "them are labelled; no holdout is given up, promotion waits")),
+        ("driftline_error_adwin", ("**Error-rate change detection** (`triggers.error_detector: {kind: adwin}`, "
+         "river's ADWIN on the champion's served errors) instead of the relative drop")),
+        ("driftline_error_adwin_drop", "**ADWIN beside the relative drop**"),
+        ("driftline_error_page_hinkley", ("**Page-Hinkley** (`{kind: page_hinkley}`, river's defaults; Bike's "
+         "scaled to bikes per hour) instead of the relative drop")),
+        ("driftline_seasonal_reference", ("**Seasonal drift reference** (`windows.reference: season`, "
+         "`season: 52w`, with the label-free drift trigger) vs the label-free trigger against the champion's "
+         "training rows")),
+        ("driftline_refit_widen", "**Refit and the wider window together**"),
+        ("driftline_refit_error_adwin", "**Refit with ADWIN beside the relative drop**"),
+    )
+    for name, what in levers:
+        base = "driftline_label_free" if name == "driftline_seasonal_reference" else "driftline"
+        parts = []
+        for n, r in real.items():
+            s, m = _strategies(r), r["metric"]
+            if name in s and base in s:
+                vs = (r.get("vs_schedule") or {}).get(name)
+                signed = "n/a" if vs is None else (f"{vs:+.1f}" if m == "mae" else f"{vs:+.4f}")
+                parts.append(f"{n}: {run(s, m, name)} vs {run(s, m, base)}, vs schedule {signed}")
+        if parts:
+            out.append(f"- {what}: " + "; ".join(parts) + ".")
     return out
 
 
