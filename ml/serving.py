@@ -1030,13 +1030,36 @@ def predict_once(config: ModelConfig, model: Any, frame: pd.DataFrame) -> tuple[
     return prediction, score
 
 
-class ScoringService:
+class _QueueThread:
+    """One daemon thread draining ``self._queue`` in ``self._run`` until it takes ``None``."""
+
+    thread_name = "worker"
+    _queue: queue.SimpleQueue
+    _thread: threading.Thread | None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Handles everything submitted before, then stops (stop a shadow scorer before the writer)."""
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+class ScoringService(_QueueThread):
     """Validation, scoring with the current model, and the hand-off to the writer.
 
     Scoring runs on one thread that takes every request queued while it was busy and predicts them in
     one call: the pipeline's cost is mostly per call (about 5 ms for one row, 8 ms for a hundred here),
     so under load this is what keeps the latency flat. Each batch reads the served model once, so every
     answer names the version that really made it."""
+
+    thread_name = "scorer"
 
     shadow: ShadowScorer | None = None  # serving.shadow: gets each batch's rows once they are answered
 
@@ -1075,16 +1098,6 @@ class ScoringService:
     def predict(self, payload: Any, received_at: datetime, timeout: float = 60.0) -> dict[str, Any]:
         """Blocking form of :meth:`submit`."""
         return self.submit(payload, received_at).result(timeout)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="scorer", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Answers everything submitted before, then stops."""
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
@@ -1216,11 +1229,13 @@ class ShadowStats:
     last_error: str | None = None
 
 
-class ShadowScorer:
+class ShadowScorer(_QueueThread):
     """``serving.shadow``: after the champion's answers went out, the challenger scores the same rows
     on a thread of its own (the request path only enqueues), and its predictions go to the writer as
     shadow rows: stored beside the champion's (:func:`write_served`), never returned. Like the
     scorer, it takes everything queued while it was busy in one call."""
+
+    thread_name = "shadow-scorer"
 
     def __init__(self, config: ModelConfig, holder: ModelHolder, writer: PredictionWriter, *,
                  max_batch_rows: int = 4096) -> None:
@@ -1235,16 +1250,6 @@ class ShadowScorer:
 
     def submit(self, records: list[dict[str, Any]]) -> None:
         self._queue.put(records)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Scores (and hands to the writer) everything submitted before; stop it before the writer."""
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         stopping = False
