@@ -732,8 +732,7 @@ def assert_one_history(r: Registry) -> None:
         elif action == "rolled_back":
             assert details["from_version"] == champion, f"rollback from v{details['from_version']}, not v{champion}"
             verdict[champion], verdict[version] = "rolled_back", "promoted"
-            before = r.info(version).tag("previous_champion")
-            champion, previous = version, (int(before) if before and int(before) != version else None)
+            champion, previous = version, champion  # previous-champion names the demoted version
     assert (r.champion(), r.version_for(PREVIOUS)) == (champion, previous)
     held = stages(r)
     assert [v for v, stage in held.items() if stage == "Production"] == [champion]
