@@ -78,8 +78,9 @@ def test_status_shows_none_for_empty_aliases_and_lists_rollbacks(state, capsys):
     lines = _status(capsys)
     text = "\n".join(lines)
     assert "vNone" not in text
-    # v1 is back, with nothing before it and nothing under evaluation.
-    assert [line.strip() for line in lines[:3]] == ["champion: v1", "challenger: none", "previous-champion: none"]
+    # v1 is back, nothing under evaluation; previous-champion names v2, the version just rolled back
+    # (rolling back to "previous" would undo the last rollback).
+    assert [line.strip() for line in lines[:3]] == ["champion: v1", "challenger: none", "previous-champion: v2"]
     assert any("trigger time" in line and line.endswith("champion none") for line in lines)
 
     entries = reg.store.audit_log(MODEL, ["rolled_back"])

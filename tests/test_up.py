@@ -83,7 +83,8 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _banner_url(up: Up, label: str) -> str:
-    line = next(line for line in up.lines if line.strip().startswith(label))
+    # The banner's line (label, colon, URL), not a progress line that starts with the same word.
+    line = next(line for line in up.lines if line.strip().startswith(label) and "http" in line)
     return line.split(":", 1)[1].split()[0]
 
 
