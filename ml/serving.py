@@ -1034,6 +1034,7 @@ class _QueueThread:
     """One daemon thread draining ``self._queue`` in ``self._run`` until it takes ``None``."""
 
     thread_name = "worker"
+    max_batch_rows: int
     _queue: queue.SimpleQueue
     _thread: threading.Thread | None
 
@@ -1043,6 +1044,21 @@ class _QueueThread:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
+
+    def _queued_since(self, rows: int, size: Any) -> tuple[list[Any], bool]:
+        """Items queued while the last batch ran (no waiting), until ``max_batch_rows``; and whether
+        the stop sentinel was among them."""
+        items: list[Any] = []
+        while rows < self.max_batch_rows:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                return items, True
+            items.append(more)
+            rows += size(more)
+        return items, False
 
     def stop(self, timeout: float = 30.0) -> None:
         """Handles everything submitted before, then stops (stop a shadow scorer before the writer)."""
@@ -1104,19 +1120,8 @@ class ScoringService(_QueueThread):
             item = self._queue.get()
             if item is None:
                 return
-            batch = [item]
-            rows = len(item[0])
-            stopping = False
-            while rows < self.max_batch_rows:  # no waiting: only what queued while the last batch ran
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
-                rows += len(more[0])
+            more, stopping = self._queued_since(len(item[0]), lambda queued: len(queued[0]))
+            batch = [item, *more]
             try:
                 self._score(batch)
             except Exception as exc:  # a bug here must answer every waiting request, not hang it
@@ -1257,16 +1262,8 @@ class ShadowScorer(_QueueThread):
             item = self._queue.get()
             if item is None:
                 return
-            records = list(item)
-            while len(records) < self.max_batch_rows:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                records.extend(more)
+            more, stopping = self._queued_since(len(item), len)
+            records = [record for part in (item, *more) for record in part]
             self._score(records)
 
     def _score(self, records: list[dict[str, Any]]) -> None:
