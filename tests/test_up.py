@@ -152,12 +152,16 @@ def _predict(url: str, row: dict) -> dict:
 
 def _serves(url: str, row: dict, version: int, timeout: float) -> dict:
     """/health and /predict name ``version`` within ``timeout`` s (the service follows the alias)."""
+    from driftline.stack import serve_health
+
     deadline = time.monotonic() + timeout
+    answer: dict = {}
     while True:
-        with urllib.request.urlopen(f"{url}/health", timeout=20) as response:
-            health = json.load(response)
-        answer = _predict(url, {**row, "key": f"{row['key']}-{time.monotonic_ns()}"})
-        if (health["version"], answer["version"]) == (version, version) or time.monotonic() > deadline:
+        # 503 no_model until the service's first alias poll after the promotion: not yet, not a failure.
+        health = serve_health(url) or {"status": "down", "version": None}
+        if health["status"] == "ok":
+            answer = _predict(url, {**row, "key": f"{row['key']}-{time.monotonic_ns()}"})
+        if (health["version"], answer.get("version")) == (version, version) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert health["status"] == "ok" and health["version"] == version, health
