@@ -176,7 +176,9 @@ def test_approve_reject_and_time_out_through_the_rest_api(live):
     assert twice.value.status == 409
 
     finished = {model: client.wait(run["dag_id"], run["run_id"], timeout=900) for model, run in runs.items()}
-    assert {model: run["state"] for model, run in finished.items()} == dict.fromkeys(runs, "success")
+    assert {model: run["state"] for model, run in finished.items()} == dict.fromkeys(runs, "success"), {
+        model: (client.task_states(run["dag_id"], run["run_id"]), client.failures(run["dag_id"], run["run_id"]))
+        for model, run in runs.items() if finished[model]["state"] != "success"}
     states = {model: client.task_states(run["dag_id"], run["run_id"]) for model, run in runs.items()}
     user = live["login"]["DRIFTLINE_AIRFLOW_USER"]
 
