@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -1077,7 +1078,8 @@ class ScoringService(_QueueThread):
 
     thread_name = "scorer"
 
-    shadow: ShadowScorer | None = None  # serving.shadow: gets each batch's rows once they are answered
+    shadow: ShadowScorer | None = None  # serving.shadow: gets each batch's champion-answered rows
+    canary: Canary | None = None  # serving.canary_fraction: a stable share of rows answered by the challenger
 
     def __init__(self, config: ModelConfig, holder: ModelHolder, writer: PredictionWriter, *,
                  max_batch_rows: int = 4096) -> None:
@@ -1104,11 +1106,14 @@ class ScoringService(_QueueThread):
         served = self.holder.current  # read once, as a batch does
         if served is None or served.fast is None:
             return None
+        challenger = self.canary.holder.current if self.canary is not None else None
         records = parse_records(payload, self.config)
+        if challenger is not None and challenger.fast is None and any(self.canary.takes(r["row_id"]) for r in records):
+            return None  # the challenger without the fast path would hold the event loop for milliseconds
         prediction, score = self._predict_fast(served.fast, records)
-        answer = self._answer(served, records, prediction, score, received_at)
-        if getattr(self, "shadow", None) is not None:  # as the scorer thread does after its answers
-            self.shadow.submit(records)
+        rows = self._route(served, challenger, records, prediction, score)
+        answer = self._answer(records, rows, received_at)
+        self._to_shadow(records, rows)  # as the scorer thread does after its answers
         return answer
 
     def predict(self, payload: Any, received_at: datetime, timeout: float = 60.0) -> dict[str, Any]:
@@ -1122,45 +1127,51 @@ class ScoringService(_QueueThread):
                 return
             more, stopping = self._queued_since(len(item[0]), lambda queued: len(queued[0]))
             batch = [item, *more]
+            answered: list[tuple[list[dict[str, Any]], list[Answered]]] = []
             try:
-                self._score(batch)
+                answered = self._score(batch)
             except Exception as exc:  # a bug here must answer every waiting request, not hang it
                 log.exception("scoring a batch failed")
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
-            if self.shadow is not None:  # after the answers: the challenger never delays one
-                self.shadow.submit([record for part, _, _ in batch for record in part])
+            for records, rows in answered:  # after the answers: the challenger never delays one
+                self._to_shadow(records, rows)
             if stopping:
                 return
 
-    def _score(self, batch: list[tuple[list[dict[str, Any]], datetime, Future]]) -> None:
+    def _score(self, batch: list[tuple[list[dict[str, Any]], datetime, Future]]
+               ) -> list[tuple[list[dict[str, Any]], list[Answered]]]:
+        """Answers every request of the batch; returns what was answered (for the shadow scorer)."""
         served = self.holder.current  # read once: the whole batch is answered by this version
         if served is None:
             for _, _, future in batch:
                 future.set_exception(NotReady(f"no blessed {self.config.name}@{CHAMPION} loaded yet"))
-            return
+            return []
+        challenger = self.canary.holder.current if self.canary is not None else None  # read once too
         try:
             records = [r for part, _, _ in batch for r in part] if len(batch) > 1 else batch[0][0]
-            if served.fast is not None:
-                prediction, score = self._predict_fast(served.fast, records)
-            else:
-                prediction, score = predict_once(self.config, served.model, records_frame(records, self.config))
+            prediction, score = self._predict(served, records)
         except Exception:  # one request the model chokes on must not fail the others
             if len(batch) > 1:
-                for item in batch:
-                    self._score([item])
-            else:
-                log.exception("v%s failed to score a request", served.version)
-                batch[0][2].set_exception(RuntimeError(f"v{served.version} could not score these rows"))
-            return
+                return [done for item in batch for done in self._score([item])]
+            log.exception("v%s failed to score a request", served.version)
+            batch[0][2].set_exception(RuntimeError(f"v{served.version} could not score these rows"))
+            return []
+        rows = self._route(served, challenger, records, prediction, score)
+        answered = []
         start = 0
         for part, received_at, future in batch:
             end = start + len(part)
-            answer = self._answer(served, part, prediction[start:end],
-                                  None if score is None else score[start:end], received_at)
-            future.set_result(answer)
+            future.set_result(self._answer(part, rows[start:end], received_at))
+            answered.append((part, rows[start:end]))
             start = end
+        return answered
+
+    def _predict(self, served: ServedModel, records: list[dict[str, Any]]) -> tuple[Any, Any]:
+        if served.fast is not None:
+            return self._predict_fast(served.fast, records)
+        return predict_once(self.config, served.model, records_frame(records, self.config))
 
     def _predict_fast(self, fast: FastPipeline, records: list[dict[str, Any]]) -> tuple[Any, Any]:
         """:func:`predict_once`'s answer through :class:`FastPipeline` (checked equal when it was built)."""
@@ -1173,26 +1184,81 @@ class ScoringService(_QueueThread):
                 score = proba[:, classes.index(config.positive_label)]
         return prediction, score
 
-    def _answer(self, served: ServedModel, records: list[dict[str, Any]], prediction: Any, score: Any,
-                received_at: datetime) -> dict[str, Any]:
+    def _route(self, served: ServedModel, challenger: ServedModel | None, records: list[dict[str, Any]],
+               prediction: Any, score: Any) -> list[Answered]:
+        """Each row's answer: the champion's, or, for a canary row while a challenger is loaded, the
+        challenger's, with the champion's own prediction kept as ``other`` (stored beside it: the pair
+        the shadow gate judges). A challenger that fails leaves its rows to the champion."""
+        rows = [Answered(served.version, prediction[i], None if score is None else score[i])
+                for i in range(len(records))]
+        if challenger is None:
+            return rows
+        canary = self.canary
+        picked = [i for i, record in enumerate(records) if canary.takes(record["row_id"])]
+        if not picked:
+            return rows
+        try:
+            theirs, their_score = self._predict(challenger, [records[i] for i in picked])
+        except Exception as exc:  # noqa: BLE001 (the challenger failing must never fail a request)
+            canary.failed(challenger.version, len(picked), exc)
+            return rows
+        for j, i in enumerate(picked):
+            rows[i] = Answered(challenger.version, theirs[j], None if their_score is None else their_score[j],
+                               other=rows[i])
+        canary.stats.answered += len(picked)
+        return rows
+
+    def _to_shadow(self, records: list[dict[str, Any]], rows: list[Answered]) -> None:
+        """serving.shadow: the challenger scores the rows the champion answered (a canary row already
+        holds both models' predictions)."""
+        if self.shadow is None:
+            return
+        if any(row.other is not None for row in rows):
+            records = [record for record, row in zip(records, rows, strict=True) if row.other is None]
+        if records:
+            self.shadow.submit(records)
+
+    def _answer(self, records: list[dict[str, Any]], rows: list[Answered], received_at: datetime) -> dict[str, Any]:
         answers = []
         stored = []
         names = self.config.feature_names
         ts = received_at.isoformat()
-        for i, record in enumerate(records):
+        per_row = self.canary is not None  # with a canary, each answer names its version
+        for record, row in zip(records, rows, strict=True):
             key = record["row_id"]
-            value = _json_safe(prediction[i])
+            value = _json_safe(row.prediction)
             answer: dict[str, Any] = {"key": key, "prediction": value}
-            if score is not None:
-                answer["score"] = float(score[i])
+            if row.score is not None:
+                answer["score"] = float(row.score)
+            if per_row:
+                answer["version"] = row.version
             answers.append(answer)
             # Null numerical features are stored as NaN, as the frame path stored them.
             features = {name: (math.nan if record[name] is None and name in self._numerical else record[name])
                         for name in names}
             stored.append({"row_id": key, "ts": ts, "features": features,
-                           "prediction": value, "score": answer.get("score"), "model_version": served.version})
+                           "prediction": value, "score": answer.get("score"), "model_version": row.version})
+            if row.other is not None:  # the champion's prediction on a canary row: the gate's pair
+                other = row.other
+                stored.append({"shadow": True, "row_id": key, "features": features,
+                               "prediction": _json_safe(other.prediction),
+                               "score": None if other.score is None else float(other.score),
+                               "model_version": other.version})
         self.writer.submit(stored)
-        return {"model": self.config.name, "version": served.version, "predictions": answers}
+        versions = {row.version for row in rows}
+        return {"model": self.config.name, "version": versions.pop() if len(versions) == 1 else None,
+                "predictions": answers}
+
+
+class Answered(NamedTuple):
+    """One row's answer: the version that made it, its prediction and score; ``other``: on a canary
+    row, the champion's answer, which is stored but not returned. A tuple: one is built per answered
+    row, and a tuple is the cheapest thing to build."""
+
+    version: int
+    prediction: Any
+    score: Any
+    other: Answered | None = None
 
 
 # ---- shadow: the challenger scores the same rows ----------------------------------------------------
@@ -1205,18 +1271,28 @@ class ChallengerFollower(AliasFollower):
     the alias goes (the challenger was promoted or rejected) or names a version that cannot be loaded,
     shadow scoring stops."""
 
-    def __init__(self, registry: Registry | Callable[[], Registry], holder: ModelHolder, **kwargs: Any) -> None:
+    def __init__(self, registry: Registry | Callable[[], Registry], holder: ModelHolder, *,
+                 gate: str | None = None, **kwargs: Any) -> None:
         super().__init__(registry, holder, alias=CHALLENGER, **kwargs)
+        # serving.canary_fraction: users get its answers, so only a candidate that waits for the gate
+        # that judges served rows ("shadow") is loaded; a forced or holdout-gated challenger is judged
+        # in its own run, minutes at most, and must not answer anyone meanwhile.
+        self.gate = gate
 
     def _gone(self) -> str:
         if self.holder.current is not None:
-            log.info("%s@%s is gone: v%s no longer scores in shadow", self.name, self.alias, self.holder.current.version)
+            log.info("%s@%s is gone: v%s no longer scores beside the champion", self.name, self.alias,
+                     self.holder.current.version)
             self.holder.current = None
         return "no_alias"
 
     def _unfit(self, info: VersionInfo) -> str | None:
         verdict = info.tag("verdict")
-        return None if verdict == "pending" else f"its verdict is {verdict!r}, not 'pending' (not under evaluation)"
+        if verdict != "pending":
+            return f"its verdict is {verdict!r}, not 'pending' (not under evaluation)"
+        if self.gate is not None and info.tag("gate") != self.gate:
+            return f"its gate is {info.tag('gate')!r}, not {self.gate!r} (not judged on served rows: no canary)"
+        return None
 
     def _load(self, registry: Registry, version: int) -> Any:
         return registry.load_model(version)  # raises UnblessedModelError unless Driftline registered it
@@ -1298,3 +1374,51 @@ class ShadowScorer(_QueueThread):
         s = self.stats
         return {"challenger": current.version if current else None, "scored": s.scored,
                 "without_challenger": s.without_challenger, "failed": s.failed, "last_error": s.last_error}
+
+
+# ---- canary: the challenger answers a stable share of the rows ---------------------------------------
+
+
+def canary_bucket(model: str, key: str) -> float:
+    """Where ``key`` falls in [0, 1): the first 8 bytes of SHA-256 over the model's name and the key.
+    The same key lands in the same place in every process and on every replica (Python's ``hash``
+    is salted per process), and the name makes each model's split its own."""
+    digest = hashlib.sha256(f"{model}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+@dataclass
+class CanaryStats:
+    answered: int = 0  # rows the challenger answered
+    failed: int = 0  # canary rows the challenger could not score: the champion answered them
+    last_error: str | None = None
+
+
+class Canary:
+    """``serving.canary_fraction``: rows whose key falls below ``fraction`` (:func:`canary_bucket`)
+    are answered by the loaded challenger; every other row, and every row while no challenger is
+    loaded, by the champion. The scorer reads ``holder.current`` once per batch."""
+
+    def __init__(self, model: str, fraction: float, holder: ModelHolder) -> None:
+        if not 0 <= fraction < 1:
+            raise ValueError(f"canary fraction {fraction!r}: a share of requests, 0 <= x < 1")
+        self.model = model
+        self.fraction = fraction
+        self.holder = holder
+        self.stats = CanaryStats()
+
+    def takes(self, key: str) -> bool:
+        return canary_bucket(self.model, key) < self.fraction
+
+    def failed(self, version: int, rows: int, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        if message != self.stats.last_error:
+            log.error("canary v%s could not score %s rows (the champion answered them): %s", version, rows, message)
+        self.stats.failed += rows
+        self.stats.last_error = message
+
+    def describe(self) -> dict[str, Any]:
+        current = self.holder.current
+        s = self.stats
+        return {"fraction": self.fraction, "challenger": current.version if current else None,
+                "answered": s.answered, "failed": s.failed, "last_error": s.last_error}

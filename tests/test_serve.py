@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -818,3 +819,127 @@ def test_shadow_scores_with_the_challenger_stores_beside_the_answer_and_never_re
         versions = conn.execute(select(shadow_predictions.c.model_version, func.count())
                                 .group_by(shadow_predictions.c.model_version)).all()
     assert [tuple(v) for v in versions] == [(2, len(sent))]
+
+
+# ---- canary (serving.canary_fraction) ---------------------------------------------------------------
+
+
+def test_canary_split_is_near_the_fraction_and_stable_per_key_across_processes():
+    from ml.serving import Canary, ModelHolder, canary_bucket
+
+    keys = [f"user-{i}" for i in range(10_000)]
+    for fraction in (0.05, 0.1, 0.5):
+        canary = Canary("credit_default", fraction, ModelHolder())
+        taken = [canary.takes(key) for key in keys]
+        share = sum(taken) / len(keys)
+        # 4 standard deviations of a fair coin with this bias on 10k keys: a real hash is well inside.
+        assert abs(share - fraction) < 4 * (fraction * (1 - fraction) / len(keys)) ** 0.5, (fraction, share)
+        assert [canary.takes(key) for key in keys] == taken  # the same key always goes the same way
+    assert not any(Canary("credit_default", 0.0, ModelHolder()).takes(key) for key in keys)
+    # Nested: a key in the 5 % canary is in the 10 % one too (raising the fraction moves no one back).
+    small, large = Canary("m", 0.05, ModelHolder()), Canary("m", 0.1, ModelHolder())
+    assert all(large.takes(key) for key in keys if small.takes(key))
+    # Another model's split is its own (not the same users in every canary).
+    other = [canary_bucket("other_model", key) < 0.1 for key in keys[:2000]]
+    assert other != [canary_bucket("credit_default", key) < 0.1 for key in keys[:2000]]
+    # Another process (its own hash salt) puts each key in the same place: replicas and workers agree.
+    code = ("import json, sys; from ml.serving import canary_bucket; "
+            "print(json.dumps([canary_bucket('credit_default', k) for k in json.load(sys.stdin)]))")
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(keys[:500]), capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True, timeout=120)
+    assert json.loads(out.stdout) == [canary_bucket("credit_default", key) for key in keys[:500]]
+    with pytest.raises(ValueError, match="0 <= x < 1"):
+        Canary("m", 1.0, ModelHolder())
+
+
+class _Collect:
+    """Stands in for the writer (or the shadow scorer): keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def submit(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+
+
+def _served(config, version: int, model, *, fast: bool = True):
+    from ml.serving import FastPipeline, ServedModel
+
+    return ServedModel(name=config.name, version=version, alias=CHAMPION, model=model, loaded_at=None,
+                       data_start=None, data_end=None, verdict="promoted",
+                       fast=FastPipeline.compile(model, config) if fast else None)
+
+
+def test_canary_rows_are_answered_by_the_challenger_and_the_champions_answer_is_stored_beside(home, config):
+    """The scorer's routing with in-memory stand-ins for the writer and shadow scorer: each row by its
+    key's bucket, both on the caller's thread (fast path) and on the scorer thread (batches)."""
+    from ml.serving import Canary, ModelHolder, ScoringService
+
+    sim = CreditDefaultSimulator(seed=0, rows_per_period=150)
+    champion = fit_full(config, _labelled(sim, [0, 1]))
+    challenger = fit_full(config, _labelled(sim, [4, 5]))
+    writer, shadow = _Collect(), _Collect()
+    holder, challenger_holder = ModelHolder(), ModelHolder()
+    holder.swap(_served(config, 1, champion))
+    service = ScoringService(config, holder, writer)
+    service.shadow = shadow
+    service.canary = canary = Canary(config.name, 0.3, challenger_holder)
+    features = CreditDefaultSimulator(seed=7, rows_per_period=200).batch(0).features.drop(columns=["row_id", "ts"])
+    records = [{"key": f"k{i}", **row} for i, row in enumerate(features.to_dict("records"))]
+    now = datetime.now(UTC)
+
+    # No challenger loaded: every row is the champion's, and the answer still names its version per row.
+    answer = service.answer_now({"rows": records[:10]}, now)
+    assert answer["version"] == 1 and {p["version"] for p in answer["predictions"]} == {1}
+    assert not [r for r in writer.rows if r.get("shadow")] and len(shadow.rows) == 10
+
+    challenger_holder.swap(_served(config, 2, challenger))
+    writer.rows.clear()
+    shadow.rows.clear()
+    answers = [service.answer_now({"rows": records[i:i + 5]}, now) for i in range(10, 60, 5)]  # caller's thread
+    service.start()
+    answers += [service.predict({"rows": records[i:i + 20]}, now) for i in range(60, 200, 20)]  # scorer thread
+    service.stop()
+    canary_keys = {r["key"] for r in records[10:] if canary.takes(r["key"])}
+    assert 0 < len(canary_keys) < 190
+    expected = {}
+    for version, model in ((1, champion), (2, challenger)):
+        prediction, score = predict(config, model, features.iloc[10:])
+        expected[version] = {f"k{i}": (p, s) for i, p, s in zip(range(10, 200), prediction.tolist(), score, strict=True)}
+    for answer in answers:
+        versions = {p["version"] for p in answer["predictions"]}
+        assert answer["version"] == (versions.pop() if len(versions) == 1 else None)  # mixed: read per row
+        for p in answer["predictions"]:
+            assert p["version"] == (2 if p["key"] in canary_keys else 1), p
+            assert (p["prediction"], pytest.approx(p["score"], rel=1e-9)) == expected[p["version"]][p["key"]]
+    stored = {r["row_id"]: r for r in writer.rows if not r.get("shadow")}
+    paired = {r["row_id"]: r for r in writer.rows if r.get("shadow")}
+    assert len(stored) == 190 and all(stored[k]["model_version"] == (2 if k in canary_keys else 1) for k in stored)
+    # The champion's answer on each canary row, stored (not returned) under its own version: the gate's pair.
+    assert set(paired) == canary_keys and {r["model_version"] for r in paired.values()} == {1}
+    assert all(paired[k]["score"] == pytest.approx(expected[1][k][1], rel=1e-9) for k in paired)
+    assert all(paired[k]["features"] == stored[k]["features"] for k in paired)
+    # serving.shadow gets only the rows the champion answered (a canary row already holds both).
+    assert {r["row_id"] for r in shadow.rows} == set(stored) - canary_keys
+    assert canary.describe()["answered"] == len(canary_keys) and canary.describe()["challenger"] == 2
+
+
+def test_a_canary_that_cannot_score_leaves_its_rows_to_the_champion(home, config):
+    from ml.serving import Canary, ModelHolder, ScoringService
+
+    model = fit_full(config, _labelled(CreditDefaultSimulator(seed=0, rows_per_period=150), [0, 1]))
+    writer, holder, broken = _Collect(), ModelHolder(), ModelHolder()
+    holder.swap(_served(config, 1, model))
+    broken.swap(_served(config, 2, object(), fast=False))  # no predict: every call raises
+    service = ScoringService(config, holder, writer)
+    service.canary = Canary(config.name, 0.5, broken)
+    rows = CreditDefaultSimulator(seed=7, rows_per_period=40).batch(0).features.drop(columns=["row_id", "ts"])
+    payload = {"rows": [{"key": f"b{i}", **row} for i, row in enumerate(rows.to_dict("records"))]}
+    service.start()
+    answer = service.predict(payload, datetime.now(UTC))
+    service.stop()
+    assert answer["version"] == 1 and all(p["version"] == 1 for p in answer["predictions"])
+    assert not [r for r in writer.rows if r.get("shadow")] and {r["model_version"] for r in writer.rows} == {1}
+    described = service.canary.describe()
+    assert described["failed"] == sum(service.canary.takes(f"b{i}") for i in range(40)) > 0
+    assert described["answered"] == 0 and "AttributeError" in described["last_error"]
