@@ -44,6 +44,7 @@ def create_app(
     from ml.registry import Registry
     from ml.serving import (
         AliasFollower,
+        Canary,
         ChallengerFollower,
         FastPipeline,
         ModelHolder,
@@ -71,9 +72,14 @@ def create_app(
                               flush_seconds=flush_seconds)
     service = ScoringService(config, holder, writer)
     # serving.shadow: the challenger, while there is one, scores every answered row; stored, not returned.
-    challenger = ModelHolder() if config.serving.shadow else None
-    shadow = ShadowScorer(config, challenger, writer) if challenger is not None else None
+    # serving.canary_fraction: it answers a stable share of rows, the champion's answer stored beside.
+    # One challenger (one holder, one follower) serves both.
+    canary_on = config.serving.canary_fraction > 0
+    challenger = ModelHolder() if config.serving.shadow or canary_on else None
+    shadow = ShadowScorer(config, challenger, writer) if config.serving.shadow else None
     service.shadow = shadow
+    canary = Canary(config.name, config.serving.canary_fraction, challenger) if canary_on else None
+    service.canary = canary
     state: dict[str, Any] = {}
     webhook_secret = os.environ.get(ENV_WEBHOOK_SECRET) or None
     webhook_tolerance = float(os.environ.get(ENV_WEBHOOK_TOLERANCE, "300"))
@@ -90,10 +96,15 @@ def create_app(
         service.start()
         await run_in_threadpool(follower.check_once)  # serve at once if a blessed champion exists
         follower.start()
-        if shadow is not None:
-            state["shadow_follower"] = ChallengerFollower(registry, challenger, name=config.name,
-                                                          poll_seconds=poll_seconds)
-            shadow.start()
+        if challenger is not None:
+            # A canary answers users: only a challenger waiting for the shadow gate, with the fast path
+            # where its pipeline allows (its answers are on the request path, as the champion's are).
+            state["shadow_follower"] = ChallengerFollower(
+                registry, challenger, name=config.name, poll_seconds=poll_seconds,
+                gate="shadow" if canary_on else None,
+                prepare=(lambda model: FastPipeline.compile(model, config)) if canary_on else None)
+            if shadow is not None:
+                shadow.start()
             await run_in_threadpool(state["shadow_follower"].check_once)
             state["shadow_follower"].start()
         log.info("serving %s on %s (store %s, poll every %g s)", config.name,
@@ -105,8 +116,9 @@ def create_app(
             # uvicorn has stopped taking requests and let the running ones finish: flush what they queued.
             follower.stop()
             await run_in_threadpool(service.stop)
-            if shadow is not None:  # its rows go to the writer: stopped before the writer flushes
+            if "shadow_follower" in state:
                 state["shadow_follower"].stop()
+            if shadow is not None:  # its rows go to the writer: stopped before the writer flushes
                 await run_in_threadpool(shadow.stop)
             await run_in_threadpool(writer.close)
             log.info("stopped: %s", json.dumps(writer.describe()))
@@ -179,8 +191,9 @@ def create_app(
         body["features"] = [{"name": f.name, "kind": f.kind} for f in config.features]
         body["task"] = config.task
         body["follower"] = follower.describe() if follower else None
-        body["shadow"] = None if shadow is None else {
-            **shadow.describe(), "follower": state["shadow_follower"].describe() if "shadow_follower" in state else None}
+        challenger_follower = state["shadow_follower"].describe() if "shadow_follower" in state else None
+        body["shadow"] = None if shadow is None else {**shadow.describe(), "follower": challenger_follower}
+        body["canary"] = None if canary is None else {**canary.describe(), "follower": challenger_follower}
         body["webhook"] = {"registered": os.environ.get(ENV_WEBHOOK_ID) or None, "secret_set": webhook_secret is not None}
         return JSONResponse(body, status_code=200 if served else 503)
 

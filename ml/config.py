@@ -648,6 +648,29 @@ class ServingSpec(_Strict):
     # While a `challenger` exists, it scores the same requests; its predictions are stored (for the
     # shadow gate), never returned.
     shadow: bool = False
+    # While a `challenger` awaits the shadow gate, this share of rows (chosen by a hash of the row's
+    # key, so a key always goes the same way) is answered by it instead of the champion; the
+    # champion's prediction on those rows is stored beside them, so the shadow gate judges both on
+    # them once labelled and promotes or aborts. 0: off. Below 1: the champion always keeps traffic.
+    canary_fraction: float = Field(default=0.0, allow_inf_nan=False)
+
+    @field_validator("canary_fraction", mode="before")
+    @classmethod
+    def _fraction_not_bool(cls, value: Any) -> Any:
+        # YAML's `yes` / `true` would otherwise pass as 1.0.
+        if isinstance(value, bool):
+            raise ValueError(f"expected a share of requests, 0 <= x < 1 (e.g. 0.1), got {value!r}")  # noqa: TRY004 (pydantic reports ValueError)
+        return value
+
+    @field_validator("canary_fraction")
+    @classmethod
+    def _fraction_range(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"{value:g} is negative: a share of requests is 0 <= x < 1 (0: off)")
+        if value >= 1:
+            raise ValueError(f"{value:g}: at 1 or more every request goes to the challenger and the champion it is "
+                             "judged against serves none; use a share below 1 (e.g. 0.1)")
+        return value
 
 
 class RollbackGuard(_Strict):
@@ -785,6 +808,14 @@ class ModelConfig(_Strict):
             # The shadow gate promotes from its own step, which has no approval task before it.
             raise ValueError(f"promotion.approval: a person approves a candidate the holdout gate passed; "
                              f"the '{self.promotion.gate}' gate promotes without asking (use gate: holdout)")
+        if self.serving.canary_fraction > 0 and self.promotion.gate != "shadow":
+            # Only the shadow gate leaves a challenger waiting to be judged on served rows; under the
+            # holdout gate a challenger is judged (and promoted or rejected) in the run that trained
+            # it, so users would get answers from a candidate no gate had passed, and nothing would
+            # ever judge those answers.
+            raise ValueError(f"serving.canary_fraction: the canary's rows are judged by promotion.gate: shadow; "
+                             f"the '{self.promotion.gate}' gate judges a candidate at once on its holdout "
+                             "(set promotion.gate: shadow, or canary_fraction: 0)")
         if self.training.strategy == "incremental" and not hasattr(cls, "partial_fit"):
             raise ValueError(
                 f"training.strategy: 'incremental' needs an estimator with partial_fit; "

@@ -785,6 +785,32 @@ def test_shadow_gate_and_serving_shadow_options(tmp_path):
     assert "serving.canary" in error
 
 
+def test_serving_canary_fraction_is_a_share_below_one_under_the_shadow_gate(tmp_path):
+    def canary(value, gate="shadow"):
+        def mutate(d):
+            d["serving"] = {"canary_fraction": value}
+            d.setdefault("promotion", {})["gate"] = gate
+        return mutate
+
+    data = copy.deepcopy(BASE)
+    canary(0.1)(data)
+    data["serving"]["shadow"] = True  # both: champion-answered rows shadowed, canary rows paired the other way
+    config = load_config(_write(tmp_path, data))
+    assert (config.serving.canary_fraction, config.serving.shadow) == (0.1, True)
+    assert load_config(_write(tmp_path, copy.deepcopy(BASE))).serving.canary_fraction == 0.0  # off by default
+    data = copy.deepcopy(BASE)
+    canary(0, gate="holdout")(data)
+    assert load_config(_write(tmp_path, data)).serving.canary_fraction == 0.0  # 0 is off: any gate
+    for value, words in [(1, "every request goes to the challenger"), (1.5, "every request"),
+                         (-0.1, "negative"), (True, "share of requests"), ("lots", "valid number"),
+                         (float("nan"), "finite")]:
+        _, error = _bad(tmp_path, canary(value))
+        assert "field 'serving.canary_fraction'" in error and words in error, (value, error)
+    # Under the holdout gate a challenger is judged in the run that trained it: no one would judge a canary.
+    _, error = _bad(tmp_path, canary(0.1, gate="holdout"))
+    assert "serving.canary_fraction" in error and "promotion.gate: shadow" in error
+
+
 @pytest.mark.parametrize("max_training, ok", [("2d", False), ("4d", True), ("12w", True), ("0d", False), (None, True)])
 def test_max_training_widens_the_training_window_only(tmp_path, max_training, ok):
     def patch(d):
