@@ -922,6 +922,8 @@ def promote(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: d
         reasons.insert(0, answer["line"])
         ctx.registry.set_tags(int(candidate["version"]), _approval_tags(answer))
     blessed = int(candidate["version"])
+    if candidate.get("canary") is not None:  # it answered live requests before the gate passed it
+        ctx.registry.set_tags(blessed, {"canary": "passed", "canary_rows": candidate["canary"]["rows"]})
     refit = None
     current = ctx.registry.champion()
     # A candidate a newer champion superseded is not refitted: the promotion below rejects it.
@@ -1060,7 +1062,13 @@ def reject(ctx: Context, run: RunInfo, candidate: dict[str, Any], evaluation: di
     reasons = list(evaluation["reasons"])
     if answer is not None:
         reasons = [answer["line"], f"the gate had passed it: {evaluation.get('summary') or '; '.join(reasons)}"]
-    result = ctx.registry.reject(int(candidate["version"]), run_id=run.run_id, actor=run.actor, reasons=reasons)
+    canary = candidate.get("canary")  # it answered live requests (evaluate_shadow): this aborts the canary
+    if canary is not None:
+        reasons.insert(0, f"canary aborted: v{candidate['version']} answered {canary['rows']} of the "
+                          f"{canary['paired_rows']} labelled rows judged (serving.canary_fraction "
+                          f"{canary['fraction']:g}); champion v{canary['champion']} answers every request again")
+    result = ctx.registry.reject(int(candidate["version"]), run_id=run.run_id, actor=run.actor, reasons=reasons,
+                                 canary=canary)
     log.info("rejected v%s; champion stays v%s", candidate["version"], result["champion"])
     out = {**result, "links": ctx.tracker.version_links(int(candidate["version"]))}
     if answer is not None:
@@ -1391,11 +1399,14 @@ def _into_shadow(ctx: Context, run: RunInfo, candidate: dict[str, Any]) -> dict[
 
 
 def evaluate_shadow(ctx: Context, run: RunInfo) -> dict[str, Any]:
-    """The shadow gate: the pending challenger against the champion on the rows both scored (the
-    champion serving, the challenger in shadow), once ``promotion.min_shadow_rows`` of them are
-    labelled, paired, by the same rule as the holdout gate. Returns ``status``: "off" (holdout
-    gate), "none" (no challenger in shadow), "waiting" (too few labelled rows yet) or "evaluated"
-    (with ``candidate`` and ``evaluation`` for the promote or reject step)."""
+    """The shadow gate: the pending challenger against the champion on the rows both scored, once
+    ``promotion.min_shadow_rows`` of them are labelled, paired, by the same rule as the holdout gate.
+    The rows are those the champion answered with the challenger in shadow and, with
+    ``serving.canary_fraction``, those the challenger answered as the canary with the champion's
+    prediction stored beside (:func:`paired_rows`). Returns ``status``: "off" (holdout gate), "none"
+    (no challenger in shadow), "waiting" (too few labelled rows yet) or "evaluated" (with
+    ``candidate`` and ``evaluation`` for the promote or reject step; ``candidate["canary"]`` when
+    canary rows were among those judged: the reject step then records a canary abort)."""
     config = ctx.config
     if config.promotion.gate != "shadow":
         return {"status": "off"}
@@ -1408,26 +1419,64 @@ def evaluate_shadow(ctx: Context, run: RunInfo) -> dict[str, Any]:
         return {"status": "waiting", "version": version, "rows": 0, "need": need,
                 "summary": f"challenger v{version} in shadow, but there is no champion to compare it with"}
     as_of = resolve_as_of(ctx, run)
-    rows = ctx.store.load_shadow(config.name, config.feature_names, version, champion=champion.version,
-                                 labelled_until=as_of)
+    rows = paired_rows(ctx, version, champion.version, as_of)
     labelled = rows[rows["label"].notna()]
+    canary_rows = int((labelled["answered_by"] == version).sum())
     if len(labelled) < need:
         line = (f"challenger v{version} in shadow beside champion v{champion.version}: {len(labelled)}/{need} of the "
                 f"{len(rows)} rows both scored are labelled")
+        if canary_rows:
+            line += f" ({canary_rows} of them answered by v{version} as the canary)"
         log.info("shadow gate: %s", line)
         return {"status": "waiting", "version": version, "champion": champion.version, "rows": len(labelled),
                 "shadowed": len(rows), "need": need, "summary": line}
     labelled = validate_window(labelled, config, window="shadow", require_labels=True)
-    result = _gate(config, labelled["label"], (labelled["shadow_prediction"].to_numpy(),
-                                               _scores(labelled, "shadow_score")),
-                   (labelled["prediction"].to_numpy(), _scores(labelled)), version, champion.version)
+    result = _gate(config, labelled["label"], (labelled["challenger_prediction"].to_numpy(),
+                                               _scores(labelled, "challenger_score")),
+                   (labelled["champion_prediction"].to_numpy(), _scores(labelled, "champion_score")),
+                   version, champion.version)
     # Its data time is now: a promotion's probation (the guard, scoring) starts from this run.
     candidate = {**_candidate_of(ctx, pending), "as_of": as_of.isoformat(), "force": False}
-    evaluated_on = (f"{len(labelled)} labelled rows scored in shadow beside champion v{champion.version}, "
-                    f"{labelled['ts'].min():%Y-%m-%d %H:%M} .. {labelled['ts'].max():%Y-%m-%d %H:%M}")
+    span = f"{labelled['ts'].min():%Y-%m-%d %H:%M} .. {labelled['ts'].max():%Y-%m-%d %H:%M}"
+    if canary_rows:
+        candidate["canary"] = {"fraction": config.serving.canary_fraction, "rows": canary_rows,
+                               "paired_rows": len(labelled), "champion": champion.version}
+        evaluated_on = (f"{len(labelled)} labelled rows both scored beside champion v{champion.version}: "
+                        f"{canary_rows} answered by v{version} as the canary (serving.canary_fraction "
+                        f"{config.serving.canary_fraction:g}), {len(labelled) - canary_rows} by the champion with "
+                        f"v{version} in shadow, {span}")
+    else:
+        evaluated_on = f"{len(labelled)} labelled rows scored in shadow beside champion v{champion.version}, {span}"
     evaluation = _judged(ctx, run, candidate, result, evaluated_on, [], champion)
     return {"status": "evaluated", "version": version, "rows": len(labelled), "candidate": candidate,
             "evaluation": evaluation, "summary": evaluation["summary"]}
+
+
+def paired_rows(ctx: Context, challenger: int, champion: int, as_of: datetime) -> pd.DataFrame:
+    """Every stored row both versions scored, labels known at ``as_of``, as :meth:`RowStore.load`
+    gives rows plus ``champion_prediction`` / ``champion_score``, ``challenger_prediction`` /
+    ``challenger_score`` and ``answered_by`` (the version whose answer the row was: its
+    ``model_version``). Two kinds, one table: a row the champion answered carries the challenger's
+    shadow prediction (``serving.shadow``, the score step); a canary row the challenger answered
+    carries the champion's (``serving.canary_fraction``), i.e. the same shadow table with the two
+    versions' roles swapped, so one query shape finds both."""
+    config = ctx.config
+    shadowed = ctx.store.load_shadow(config.name, config.feature_names, challenger, champion=champion,
+                                     labelled_until=as_of)
+    canary = ctx.store.load_shadow(config.name, config.feature_names, champion, champion=challenger,
+                                   labelled_until=as_of)
+    mine, theirs = ("prediction", "score"), ("shadow_prediction", "shadow_score")
+    parts = []
+    for frame, champion_cols, challenger_cols, by in ((shadowed, mine, theirs, champion),
+                                                      (canary, theirs, mine, challenger)):
+        part = frame.drop(columns=[*mine, *theirs])
+        part["champion_prediction"], part["champion_score"] = frame[champion_cols[0]], frame[champion_cols[1]]
+        part["challenger_prediction"], part["challenger_score"] = frame[challenger_cols[0]], frame[challenger_cols[1]]
+        part["answered_by"] = by
+        parts.append(part)
+    parts = [part for part in parts if len(part)] or parts[:1]  # concat warns on empty frames (dtypes)
+    rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return rows.sort_values(["ts", "row_id"], kind="stable").reset_index(drop=True)
 
 
 def _shadow_record(shadow: dict | None, outcome: dict | None, summary: dict[str, Any],

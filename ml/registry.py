@@ -354,16 +354,31 @@ class Registry:
         return out if refit_of is None else {**out, "refit_of": int(refit_of)}
 
     @_locked
-    def reject(self, version: int, *, run_id: str | None, actor: str | None, reasons: list[str]) -> dict[str, Any]:
-        """The champion stays; the candidate is tagged rejected and archived."""
+    def reject(self, version: int, *, run_id: str | None, actor: str | None, reasons: list[str],
+               canary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The champion stays; the candidate is tagged rejected and archived. ``canary``: the candidate
+        was answering a share of live requests (``serving.canary_fraction``; what the gate judged:
+        ``rows`` it answered of ``paired_rows``); the rejection aborts that canary, which is tagged
+        (``canary: aborted``) and written as a ``canary_aborted`` audit entry before ``rejected``.
+        The verdict tag goes first: a serving process stops answering with a challenger whose
+        verdict is no longer ``pending`` at its next poll."""
         if self.champion() == version:
             raise RegistryError(f"{self.name} v{version} is the champion; it cannot be rejected")
-        self.set_tags(version, {"verdict": "rejected", "rejected_reasons": "; ".join(reasons)})
+        tags: dict[str, Any] = {"verdict": "rejected", "rejected_reasons": "; ".join(reasons)}
+        if canary is not None:
+            tags.update(canary="aborted", canary_rows=canary.get("rows"))
+        self.set_tags(version, tags)
         checkpoint("reject:tagged")
         self._clear_challenger(version)
         self.sync_stages()
+        if canary is not None:
+            self._audit_once("canary_aborted", version, run_id=run_id, actor=actor,
+                             details={**canary, "reasons": reasons})
         self._audit_once("rejected", version, run_id=run_id, actor=actor, details={"reasons": reasons})
-        return {"action": "rejected", "champion": self.champion(), "rejected": version}
+        out: dict[str, Any] = {"action": "rejected", "champion": self.champion(), "rejected": version}
+        if canary is not None:
+            out["canary"] = {**canary, "action": "aborted"}
+        return out
 
     def resolve_rollback_target(self, target: str | int) -> int:
         """``"previous"`` -> the version before the champion; a number -> that version, checked."""

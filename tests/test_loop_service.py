@@ -718,3 +718,110 @@ def test_shadow_gate_holds_no_candidate_under_the_holdout_gate_and_a_forced_run_
     upto(plain, frame, sim.period_start(4))
     assert loop.run_cycle(plain, run(1))["shadow"] == {"status": "off"}
     assert "shadowed" not in loop.score(plain, run(2))
+
+
+# ---- canary (serving.canary_fraction): the challenger answered a share of the rows ----------------
+
+
+def _canary_config(config, fraction: float = 0.3, min_rows: int = 60):
+    config = _shadow_config(config, min_shadow_rows=min_rows)
+    return config.model_copy(update={"serving": config.serving.model_copy(update={"canary_fraction": fraction})})
+
+
+def _serve_with_canary(ctx: loop.Context, frame: pd.DataFrame, challenger: int, *, challenger_right: bool) -> list:
+    """What ``driftline serve`` stores for the rows since the challenger's data: a canary row (by its
+    key's bucket) under the challenger's version with the champion's prediction beside it (the shadow
+    table, under the champion's version); any other row under the champion's. The challenger's
+    answers are made to be right (or wrong) on every row, so the gate's verdict is known. Returns the
+    canary keys."""
+    from ml.serving import canary_bucket
+    from ml.training import predict
+
+    config = ctx.config
+    champion = ctx.registry.champion()
+    after = pd.Timestamp(ctx.registry.info(challenger).tag("data_time"))
+    rows = ctx.store.load(config.name, config.feature_names, unscored_only=True, ts_after=after)
+    prediction, score = predict(config, ctx.registry.load_model(champion), rows)
+    truth = frame.set_index("row_id").loc[rows["row_id"], "label"].astype(int).to_numpy()
+    theirs = truth if challenger_right else 1 - truth
+    canary = np.array([canary_bucket(config.name, key) < config.serving.canary_fraction for key in rows["row_id"]])
+    at = rows["ts"].max().to_pydatetime()
+
+    def frame_of(mask, values, scores):
+        return pd.DataFrame({"row_id": rows.loc[mask, "row_id"], "prediction": list(values[mask]),
+                             "score": scores[mask]})
+
+    ctx.store.record_predictions(config.name, frame_of(~canary, prediction, score), champion, at)
+    ctx.store.record_predictions(config.name, frame_of(canary, theirs, theirs.astype(float)), challenger, at)
+    ctx.store.record_shadow_predictions(config.name, frame_of(canary, prediction, score), champion, at)
+    return list(rows.loc[canary, "row_id"])
+
+
+def _into_canary(config, stream):
+    """Champion v1, then v2 trained for the shadow gate: pending, the challenger alias on it."""
+    sim, frame = stream
+    ctx = context(config, frame)
+    upto(ctx, frame, sim.period_start(3))
+    loop.run_cycle(ctx, run(1))
+    upto(ctx, frame, sim.period_start(4))
+    loop.score(ctx, run(2))
+    out = loop.run_cycle(ctx, run(3, retrain=True, reason="test"))
+    assert out["candidate"]["gate"] == "shadow" and ctx.registry.version_for("challenger") == 2
+    upto(ctx, frame, sim.period_start(5))
+    return sim, frame, ctx
+
+
+def test_canary_rows_are_paired_the_other_way_round_and_a_worse_challenger_is_aborted(config, stream):
+    config = _canary_config(config)
+    sim, frame, ctx = _into_canary(config, stream)
+    canary_keys = _serve_with_canary(ctx, frame, 2, challenger_right=False)
+    served = ctx.store.load(config.name, config.feature_names, ts_after=pd.Timestamp(ctx.registry.info(2).tag("data_time")))
+    assert 0.2 < len(canary_keys) / len(served) < 0.4  # near the fraction (0.3) on a day's keys
+
+    # paired_rows: canary rows with the roles swapped back (the row's own answer is the challenger's).
+    as_of = pd.Timestamp(sim.period_start(6))
+    paired = loop.paired_rows(ctx, 2, 1, as_of).set_index("row_id")
+    assert sorted(paired.index) == sorted(canary_keys) and (paired["answered_by"] == 2).all()
+    stored = served.set_index("row_id").loc[canary_keys]
+    assert paired.loc[canary_keys, "challenger_prediction"].tolist() == stored["prediction"].tolist()
+    assert (stored["model_version"] == 2).all()  # stored under the version that answered
+    shadow = ctx.store.load_shadow(config.name, config.feature_names, 1, champion=2).set_index("row_id")
+    assert paired.loc[canary_keys, "champion_prediction"].tolist() == shadow.loc[canary_keys, "shadow_prediction"].tolist()
+
+    upto(ctx, frame, sim.period_start(6))  # the canary rows' labels are known now
+    judged = loop.run_cycle(ctx, run(4))
+    assert judged["shadow"]["status"] == "evaluated" and judged["shadow"]["evaluation"]["verdict"] == "reject"
+    canary = judged["shadow"]["candidate"]["canary"]
+    labelled = int(paired["label"].notna().sum())
+    assert canary == {"fraction": 0.3, "rows": labelled, "paired_rows": labelled, "champion": 1}
+    assert judged["shadow"]["rows"] == labelled >= config.promotion.min_shadow_rows
+    aborted = judged["shadow_reject"]
+    assert aborted["action"] == "rejected" and aborted["canary"]["action"] == "aborted"
+    assert ctx.registry.champion() == 1 and ctx.registry.version_for("challenger") != 2
+    info = ctx.registry.info(2)
+    assert (info.tag("verdict"), info.tag("canary"), info.tag("canary_rows")) == ("rejected", "aborted", str(labelled))
+    assert info.tag("rejected_reasons").startswith("canary aborted: v2 answered")
+    [entry] = [e for e in ctx.store.audit_log(config.name, ["canary_aborted"]) if e["version"] == 2]
+    assert entry["run_id"] == "test/4" and entry["details"]["rows"] == labelled
+    assert entry["details"]["reasons"][0].startswith("canary aborted")
+    actions = [e["action"] for e in ctx.store.audit_log(config.name) if e["version"] == 2]
+    assert actions[-2:] == ["canary_aborted", "rejected"]
+    page = ctx.registry.description(2)
+    assert page.startswith("**v2 canary aborted: it answered") and "as the canary" in page
+    assert judged["record"]["shadow_action"] == "rejected"
+
+
+def test_a_better_canary_is_promoted_by_the_shadow_gate(config, stream):
+    config = _canary_config(config)
+    sim, frame, ctx = _into_canary(config, stream)
+    # Before its rows are labelled: waiting, and the summary says some were canary rows.
+    _serve_with_canary(ctx, frame, 2, challenger_right=True)
+    waiting = loop.evaluate_shadow(ctx, run(4, as_of=sim.period_start(5).isoformat()))
+    assert waiting["status"] == "waiting" and waiting["rows"] == 0
+    upto(ctx, frame, sim.period_start(6))
+    judged = loop.run_cycle(ctx, run(5))
+    assert judged["shadow"]["evaluation"]["verdict"] == "promote"
+    assert judged["shadow_promote"]["action"] == "promoted" and ctx.registry.champion() == 2
+    info = ctx.registry.info(2)
+    assert (info.tag("canary"), info.tag("canary_rows")) == ("passed", str(judged["shadow"]["candidate"]["canary"]["rows"]))
+    assert not ctx.store.audit_log(config.name, ["canary_aborted"])
