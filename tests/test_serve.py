@@ -943,3 +943,117 @@ def test_a_canary_that_cannot_score_leaves_its_rows_to_the_champion(home, config
     described = service.canary.describe()
     assert described["failed"] == sum(service.canary.takes(f"b{i}") for i in range(40)) > 0
     assert described["answered"] == 0 and "AttributeError" in described["last_error"]
+
+
+def _wait_canary(server: Server, version: int | None, timeout: float = 3 * POLL + 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while server.client.get("/model").json()["canary"]["challenger"] != version and time.monotonic() < deadline:
+        time.sleep(0.2)
+    described = server.client.get("/model").json()["canary"]
+    assert described["challenger"] == version, (described, server.log())
+    return described
+
+
+def test_canary_answers_a_stable_share_by_key_and_the_shadow_gate_aborts_it(world, servers, tmp_path):
+    """The real service with serving.canary_fraction: a share of keys near the fraction answered by the
+    challenger, the same key the same way every time, every row stored under the version that answered
+    and the champion's answer paired beside each canary row; then the loop's shadow gate step, on the
+    real store and MLflow registry, judges the labelled canary rows and aborts the canary (audit entry,
+    tags, version page), after which the service answers every key with the champion."""
+    import yaml
+
+    from ml import loop
+    from ml.config import load_config
+    from ml.serving import canary_bucket
+
+    fraction = 0.2
+    raw = yaml.safe_load((ROOT / "models" / "credit_default.yaml").read_text())
+    raw["promotion"].update(gate="shadow", min_shadow_rows=30)
+    raw["serving"] = {"canary_fraction": fraction}
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "credit_default.yaml").write_text(yaml.safe_dump(raw))
+    config = load_config(models / "credit_default.yaml")
+    registry = world.registry
+    # v3 is pending but not for the shadow gate (no gate tag): it must not answer anyone.
+    registry.mark_challenger(3, {}, run_id="train-v3", actor="test")
+    server = servers(env={"DRIFTLINE_MODELS_DIR": str(models)})
+    assert server.wait_ready()["version"] == 1
+    described = server.client.get("/model").json()
+    assert described["canary"]["challenger"] is None and described["shadow"] is None
+    [refused] = described["canary"]["follower"]["refused"]
+    assert refused["version"] == 3 and "gate" in refused["reason"], refused
+    # v2, as train_candidate leaves a shadow-gated candidate: pending, gate shadow, its run and data time.
+    data_time = datetime.now(UTC) - pd.Timedelta(minutes=1)
+    registry.mark_challenger(2, {"gate": "shadow", "mlflow_run_id": registry.info(2).run_id, "trigger": "test",
+                                 "reasons": "canary test", "strategy": "full", "data_time": data_time.isoformat()},
+                             run_id="train-v2", actor="test")
+    _wait_canary(server, 2)
+
+    features = world.rows.drop(columns=["row_id", "ts"]).to_dict("records")
+    sent: dict[str, dict] = {}
+    answered: dict[str, dict] = {}
+    started = time.monotonic()
+    for n in range(300):  # one row a request, each its own key, as users arrive
+        key = f"user-{n}"
+        sent[key] = features[n % len(features)]
+        response = server.client.post("/predict", json={"rows": [{"key": key, **sent[key]}]})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        [p] = body["predictions"]
+        assert body["version"] == p["version"] and p["key"] == key  # the answer names the version that made it
+        answered[key] = {**p, "features": sent[key]}
+    canary = {key for key in sent if canary_bucket(config.name, key) < fraction}
+    by_challenger = {key for key, p in answered.items() if p["version"] == 2}
+    assert by_challenger == canary, "routed by anything but the key's bucket"
+    assert abs(len(by_challenger) / len(sent) - fraction) < 0.1, len(by_challenger)
+    assert {p["version"] for key, p in answered.items() if key not in canary} == {1}
+    # The same key again (a retry, a returning user), alone or among others: the same version.
+    again = list(sent)[:60]
+    for start in range(0, 60, 10):
+        body = server.client.post("/predict", json={"rows": [{"key": k, **sent[k]} for k in again[start:start + 10]]})
+        assert [p["version"] for p in body.json()["predictions"]] == [answered[k]["version"] for k in again[start:start + 10]]
+    print(f"\ncanary: {len(by_challenger)}/{len(sent)} keys answered by v2 (fraction {fraction}), "
+          f"{time.monotonic() - started:.1f} s for {len(sent) + 6} requests")
+
+    # Stored: every row once, under the version that answered, with that answer; the champion's own
+    # answer on each canary row in the shadow table under v1 (what that version's model gives).
+    stored = _wait_stored(registry.store, config, len(sent))
+    assert sorted(stored.index) == sorted(sent)
+    _check_stored(world, stored, {k: {"version": p["version"], "prediction": p["prediction"], "score": p["score"],
+                                      "features": p["features"]} for k, p in answered.items()})
+    paired = registry.store.load_shadow(config.name, config.feature_names, 1, champion=2).set_index("row_id")
+    assert sorted(paired.index) == sorted(canary)
+    keys = sorted(canary)
+    _, champion_score = predict(config, world.models[1], pd.DataFrame([sent[k] for k in keys]))
+    np.testing.assert_allclose(paired.loc[keys, "shadow_score"].to_numpy(float), champion_score, rtol=1e-9)
+    assert server.client.get("/model").json()["canary"]["answered"] == len(canary) + sum(k in canary for k in again)
+
+    # Labels arrive: each canary row labelled against the challenger's ranking (its scores above the
+    # median are the negatives), so it cannot pass the gate; then the loop's shadow gate step.
+    scores = pd.Series({k: answered[k]["score"] for k in keys})
+    labelled_at = datetime.now(UTC)
+    registry.store.add_labels(config.name, pd.DataFrame({
+        "row_id": keys, "label": [int(scores[k] <= scores.median()) for k in keys], "labelled_at": labelled_at}))
+    ctx = loop.Context.open(config)
+    run = loop.RunInfo("canary-judge", actor="test", params={"as_of": datetime.now(UTC).isoformat()})
+    judged = loop.evaluate_shadow(ctx, run)
+    assert judged["status"] == "evaluated" and judged["evaluation"]["verdict"] == "reject", judged["summary"]
+    assert judged["candidate"]["canary"] == {"fraction": fraction, "rows": len(canary), "paired_rows": len(canary),
+                                             "champion": 1}
+    outcome = loop.reject(ctx, run, judged["candidate"], judged["evaluation"])
+    assert outcome["canary"]["action"] == "aborted" and registry.champion() == 1
+
+    [entry] = registry.store.audit_log(config.name, ["canary_aborted"])
+    assert (entry["version"], entry["run_id"], entry["details"]["rows"]) == (2, "canary-judge", len(canary))
+    info = registry.info(2)
+    assert (info.tag("verdict"), info.tag("canary")) == ("rejected", "aborted") and "challenger" not in info.aliases
+    page = registry.description(2)
+    assert page.startswith(f"**v2 canary aborted: it answered {len(canary)} of the {len(canary)} labelled rows")
+    assert "as the canary" in page  # the gate's "evaluated on" line
+
+    # Aborted: the service drops the challenger within a poll, and every key goes to the champion.
+    _wait_canary(server, None)
+    body = server.client.post("/predict", json={"rows": [{"key": k, **sent[k]} for k in keys[:10]]}).json()
+    assert body["version"] == 1 and {p["version"] for p in body["predictions"]} == {1}
+    assert server.stop() == 0
