@@ -191,9 +191,10 @@ def build_continuous_training(cfg: ModelConfig):
 
         @task.branch(trigger_rule=JOIN,
                      doc_md=f"The shadow gate: once {cfg.promotion.min_shadow_rows} of the rows the `challenger` "
-                            "scored in shadow beside the champion are labelled, both are compared on them (paired "
-                            "bootstrap, as the holdout gate) -> `promote_challenger` or `reject_challenger`; "
-                            "until then `shadow_waits`.")
+                            "scored in shadow beside the champion (or answered as the canary, with the champion's "
+                            "answer stored beside) are labelled, both are compared on them (paired bootstrap, as "
+                            "the holdout gate) -> `promote_challenger` or `reject_challenger` (a canary's "
+                            "rejection aborts it); until then `shadow_waits`.")
         def shadow_gate() -> str:
             result = _step(cfg, loop.evaluate_shadow, _run_info())
             get_current_context()["ti"].xcom_push(key="shadow", value=result)
