@@ -333,11 +333,16 @@ def rollback(ctx: Context, run: RunInfo, target: str | int, reason: str, *, auto
     ctx.registry.set_tags(version, {"promoted_at": (as_of or datetime.now().astimezone()).isoformat()})
     demoted = result.get("from_version")
     if demoted is not None:
-        # The demoted version's page must not still read as a promotion: say first who took it back and why.
-        current = ctx.registry.description(demoted)
-        if not current.startswith("> **Rolled back**"):
-            how = "automatically by the guard" if automatic else f"by {run.actor or 'a person'}"
-            ctx.registry.describe(demoted, f"> **Rolled back** to v{version} {how}: {reason}\n\n{current}")
+        # The demoted version's page must not still read as a promotion: its first line (all the
+        # versions table shows) says who took it back and why, in the words of the rollback alert.
+        from ml.alerts import rolled_back
+
+        headline = rolled_back(ctx.config.name, result, actor=run.actor, reason=reason, automatic=automatic)
+        if headline is not None:  # bold, without the model's name, like the promoted / rejected headlines
+            head = f"**{headline.summary.removeprefix(ctx.config.name + ' ')}**"
+            current = ctx.registry.description(demoted)
+            if not current.startswith(head):
+                ctx.registry.describe(demoted, f"{head}\n\n{current}")
     log.info("rollback: v%s -> v%s (%s)", result.get("from_version"), version, reason)
     return {**result, "links": ctx.tracker.version_links(version)}
 

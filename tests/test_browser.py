@@ -269,12 +269,13 @@ def test_trigger_form_graph_links_and_rollback_in_the_browser(live, page):
     shot(page, "08-mlflow-after-rollback")
     page.goto(f"{stack.mlflow_url}/#/models/{MODEL}")
     page.get_by_text("Version 2").first.wait_for()
+    page.get_by_text("Version 2").first.scroll_into_view_if_needed()  # the versions table, not the header
     shot(page, "09-mlflow-registry-list")
     assert ctx.registry.info(2).tag("verdict") == "rolled_back"
     # The rolled-back version's page says first who took it back and why; previous-champion names
     # it, so "roll back to previous" would undo the rollback.
     page.goto(f"{stack.mlflow_url}/#/models/{MODEL}/versions/2")
-    page.get_by_text("Rolled back").first.wait_for()
+    page.get_by_text("v2 rolled back to v1").first.wait_for()
     body = page.locator("body").inner_text()
     assert "browser test: roll back" in body and "previous-champion" in body, body[:2000]
     shot(page, "10-mlflow-rolled-back-version")

@@ -825,3 +825,23 @@ def test_a_better_canary_is_promoted_by_the_shadow_gate(config, stream):
     info = ctx.registry.info(2)
     assert (info.tag("canary"), info.tag("canary_rows")) == ("passed", str(judged["shadow"]["candidate"]["canary"]["rows"]))
     assert not ctx.store.audit_log(config.name, ["canary_aborted"])
+
+
+def test_a_rolled_back_version_says_so_first_once_in_the_words_of_the_alert(config, stream):
+    sim, frame = stream
+    ctx = context(config, frame)
+    upto(ctx, frame, sim.period_start(DAYS - 1))
+    loop.run_cycle(ctx, run(1))
+    upto(ctx, frame, sim.period_start(DAYS))
+    loop.run_cycle(ctx, run(2, retrain=True, force=True, reason="a second version"))
+    assert ctx.registry.champion() == 2
+    before = ctx.registry.description(2)
+    out = loop.rollback(ctx, run(3), 1, "complaints from ops", automatic=False)
+    assert (out["action"], ctx.registry.champion()) == ("rolled_back", 1)
+    head, rest = ctx.registry.description(2).split("\n\n", 1)
+    # The versions table shows a description's first line only: who took v2 back, to what, and why.
+    assert head == "**v2 rolled back to v1 by tester: complaints from ops**"
+    assert rest == before  # the page still says why v2 existed, below
+    loop.rollback(ctx, run(4), 2, "undo", automatic=False)
+    loop.rollback(ctx, run(5), 1, "complaints from ops", automatic=False)
+    assert ctx.registry.description(2).count("rolled back to v1 by tester: complaints from ops") == 1
