@@ -41,12 +41,15 @@ up: install
 	$(BIN)/driftline up $(if $(CELERY),--celery)
 
 # Regenerates docs/benchmarks.md (P1 drift cost, P2 trigger-to-champion latency, P3 replay on real
-# drifting data, read from ../shared/data). Takes a while; `make test` runs only their --smoke versions.
+# drifting data, read from ../shared/data, the label-free estimate, ingest memory, P4 online scoring).
+# Takes a while; `make test` runs only their --smoke versions.
 bench: install
 	$(BIN)/python -m bench.drift_cost
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.replay
 	$(BIN)/python -m bench.cbpe
+	$(BIN)/python -m bench.ingest_memory
+	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.report
 
 lint: install

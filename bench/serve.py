@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve.md"))
     parser.add_argument("--note", default="", help="a line about the machine while this ran")
     args = parser.parse_args(argv)
+    args.load_before = os.getloadavg()[0]  # these machines are shared: say how busy this one was
     seconds = min(args.seconds, 300.0)
     stages = profile_stages()
     runs = [run_contender(kind, rate=args.rate, seconds=seconds, rows=args.rows, swaps=args.swaps,
@@ -444,7 +445,7 @@ def render(args: Any, seconds: float, stages: list[tuple[str, float, float]], ru
          "(hand-written keep-alive HTTP/1.1 on asyncio/uvloop, 32 connections) runs on the same machine. "
          f"Command: `nice -n 10 .venv/bin/python -m bench.serve --rate {args.rate:g} --seconds {seconds:g} "
          f"--rows {args.rows} --swaps {args.swaps}`. Machine: {platform.machine()}, {os.cpu_count()} cores, "
-         f"shared with other jobs while this ran, Python {platform.python_version()}."
+         f"1-minute load average {args.load_before:.1f} when it began, Python {platform.python_version()}."
          + (f" {args.note}" if args.note else "")),
         "",
         ("| contender | requests | answered/s | failed | p50 | p90 | p99 | max | p50 / p99 away from swaps "
