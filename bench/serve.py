@@ -468,6 +468,7 @@ def render(args: Any, seconds: float, stages: list[tuple[str, float, float]], ru
                          "version that answered them; a move reaches the answers after at most one poll plus "
                          "the new version's load (the promotion itself takes "
                          f"{_mean([w['promote_seconds'] for w in r['swaps']]):.2f} s of that).")
+            lines.append("- " + goal_line(r, rate=args.rate, rows=args.rows))
         else:
             restarts = [w["restart"] for w in r["swaps"] if w["restart"] is not None]
             lines.append(
@@ -490,6 +491,18 @@ def render(args: Any, seconds: float, stages: list[tuple[str, float, float]], ru
     lines += [f"| {step} | {old:.3f} ms | {new:.3f} ms |" for step, old, new in stages]
     lines.append("")
     return "\n".join(lines)
+
+
+def goal_line(run: dict, *, rate: float, rows: int) -> str:
+    """Issue 11's goal for `driftline serve`, judged on this run: p99 < 10 ms for one row at 200
+    requests/s, no failed request across the swaps, the new version answering < 5 s after each move."""
+    firsts = [w["to_first_new"] for w in run["swaps"]]
+    latency = ("p99 not judged (the goal is for one row at 200 requests/s)" if (rows, rate) != (1, 200)
+               else f"p99 {run['p99']:.1f} ms: {'met' if run['p99'] < 10 else 'not met'} (< 10 ms)")
+    swaps = ("no swap answered" if not firsts or any(f is None for f in firsts)
+             else f"slowest swap {max(firsts):.2f} s from the move: {'met' if max(firsts) < 5 else 'not met'} (< 5 s)")
+    return (f"Goal, this run: {latency}; {run['failed']} failed: {'met' if run['failed'] == 0 else 'not met'} "
+            f"(none); {swaps}.")
 
 
 def _mean(values: list[float]) -> float:
