@@ -112,6 +112,7 @@ class Server:
             [sys.executable, "-m", "driftline.cli", "serve", "credit_default", "--port", str(self.port),
              "--poll-seconds", str(POLL), *(args or [])],
             cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: a failed test's teardown kills --workers' children too
         )
         self.client = httpx.Client(base_url=self.url, timeout=10)
 
@@ -154,9 +155,11 @@ def servers(tmp_path):
 
     yield start
     for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(10)
+        try:  # the whole group: a SIGKILLed uvicorn supervisor leaves its workers running otherwise
+            os.killpg(server.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server.proc.wait(10)
 
 
 # ---- a bounded client loop ------------------------------------------------------------------------
