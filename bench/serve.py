@@ -481,7 +481,7 @@ def render(args: Any, seconds: float, stages: list[tuple[str, float, float]], ru
     lines += [
         "",
         ("Where one request's time goes, in process for one row (median of 300 calls, measured at the start "
-         "of this run on the same busy machine): the pandas path `driftline serve` took before against the "
+         "of this run on the same machine): the pandas path `driftline serve` took before against the "
          "NumPy fast path it takes now (`ml.serving.FastPipeline`, built at load time when every fitted step "
          "is one it knows, and used only if it gives the pipeline's own numbers on probe rows)."),
         "",
