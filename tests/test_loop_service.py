@@ -59,11 +59,7 @@ def test_a_whole_cycle_trains_gates_and_promotes_the_first_champion(config, stre
 
 
 def test_scoring_files_predictions_under_the_version_it_loaded(config, stream):
-    sim, frame = stream
-    ctx = context(config, frame)
-    upto(ctx, frame, sim.period_start(DAYS - 1))
-    loop.run_cycle(ctx, run(1))
-    upto(ctx, frame, sim.period_start(DAYS))
+    _, _, ctx = _champion_ctx(config, stream)
     promoted_at = loop.champion_info(ctx).promoted_at
     new = ctx.store.load(config.name, config.feature_names, unscored_only=True, ts_after=promoted_at)
     assert loop.score(ctx, run(2)) == {"scored": len(new), "champion": 1}
@@ -232,6 +228,7 @@ def test_scoring_loads_the_version_it_read_even_if_the_alias_moves_meanwhile(con
 
 
 def _champion_ctx(config, stream):
+    """A first champion trained by a cycle on all but the last day, then that day's rows stored."""
     sim, frame = stream
     ctx = context(config, frame)
     upto(ctx, frame, sim.period_start(DAYS - 1))
@@ -828,11 +825,7 @@ def test_a_better_canary_is_promoted_by_the_shadow_gate(config, stream):
 
 
 def test_a_rolled_back_version_says_so_first_once_in_the_words_of_the_alert(config, stream):
-    sim, frame = stream
-    ctx = context(config, frame)
-    upto(ctx, frame, sim.period_start(DAYS - 1))
-    loop.run_cycle(ctx, run(1))
-    upto(ctx, frame, sim.period_start(DAYS))
+    _, _, ctx = _champion_ctx(config, stream)
     loop.run_cycle(ctx, run(2, retrain=True, force=True, reason="a second version"))
     assert ctx.registry.champion() == 2
     before = ctx.registry.description(2)
