@@ -138,13 +138,13 @@ def rejected(model: str, outcome: dict[str, Any], *, candidate: dict[str, Any] |
         if gates:
             parts.append(f"failed {', '.join(gates)}")
     stays = f"champion stays v{champion}" if champion is not None else "no champion"
+    what = "rejected"
     if outcome.get("canary"):  # it had been answering a share of live requests (serving.canary_fraction)
         canary = outcome["canary"]
         parts.insert(0, f"it answered {canary['rows']} of the {canary['paired_rows']} labelled rows judged")
         stays = f"champion v{champion} answers every request again" if champion is not None else stays
-        summary = f"{model} v{version} canary aborted: {'; '.join([p for p in parts if p] + [stays])}"
-    else:
-        summary = f"{model} v{version} rejected: {'; '.join([p for p in parts if p] + [stays])}"
+        what = "canary aborted"
+    summary = f"{model} v{version} {what}: {'; '.join([p for p in parts if p] + [stays])}"
     return Alert("rejected", model, summary, version=version, champion=champion, links=_mlflow(outcome))
 
 
