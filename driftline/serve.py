@@ -89,8 +89,10 @@ def create_app(
         def registry() -> Registry:  # built at the first poll, and again at the next if the store is down
             return Registry(config.name, Store(store_url), tracking.client(settings))
 
-        follower = AliasFollower(registry, holder, name=config.name, poll_seconds=poll_seconds,
-                                 prepare=lambda model: FastPipeline.compile(model, config))
+        def fast_path(model: Any) -> FastPipeline | None:  # built once per loaded version, champion or canary
+            return FastPipeline.compile(model, config)
+
+        follower = AliasFollower(registry, holder, name=config.name, poll_seconds=poll_seconds, prepare=fast_path)
         state["follower"] = follower
         writer.start()
         service.start()
@@ -102,7 +104,7 @@ def create_app(
             state["shadow_follower"] = ChallengerFollower(
                 registry, challenger, name=config.name, poll_seconds=poll_seconds,
                 gate="shadow" if canary_on else None,
-                prepare=(lambda model: FastPipeline.compile(model, config)) if canary_on else None)
+                prepare=fast_path if canary_on else None)
             if shadow is not None:
                 shadow.start()
             await run_in_threadpool(state["shadow_follower"].check_once)
