@@ -120,16 +120,29 @@ def trigger(client, model: str) -> dict:
     return {"dag_id": dag_id, "run_id": run_id}
 
 
+# An answer within about a second of the request races Airflow 3.3's scheduler: the task process
+# that parked in awaiting_input exits "success", the answer re-queues the task, and when the scheduler
+# reads that exit only afterwards it sees a queued task reported finished and fails it ("Task killed!",
+# "task-state-changed-externally" in the scheduler log; seen twice in fresh-clone CI). A person never
+# answers that fast: the tests answer once the request has waited this long.
+SETTLE_SECONDS = 5.0
+
+
 def wait_for_request(client, run: dict, timeout: float = 900) -> dict:
-    """The run's task states once its approval request waits (``await_approval`` awaiting input)."""
+    """The run's task states once its approval request has waited ``SETTLE_SECONDS`` (``await_approval``
+    awaiting input)."""
+    since: list[float] = []
 
     def waiting():
         states = client.task_states(run["dag_id"], run["run_id"])
         assert client.run(run["dag_id"], run["run_id"])["state"] != "failed", (
             states, client.failures(run["dag_id"], run["run_id"]))
-        return states if states.get("await_approval") == "awaiting_input" else None
+        if states.get("await_approval") != "awaiting_input":
+            return None
+        since[:] = since or [time.monotonic()]
+        return states if time.monotonic() - since[0] >= SETTLE_SECONDS else None
 
-    return _retry(waiting, timeout)
+    return _retry(waiting, timeout, every=1)
 
 
 def _details(text: dict) -> dict:
